@@ -1,0 +1,28 @@
+"""`kiln train`: train (or resume) a model into a run directory."""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+from kiln.cli.common import add_config_arguments, config_help, resolve_config
+from kiln.train import train
+
+HELP = "train a model into run_dir, resuming from its latest checkpoint"
+
+
+def add_parser(sub: Any) -> None:
+    parser = sub.add_parser(
+        "train", help=HELP, description=HELP + ". With no data.train, trains on the built-in "
+        "dataset.", epilog=config_help(), formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    add_config_arguments(parser)
+    parser.set_defaults(handler=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    cfg = resolve_config(args.settings, args.fresh)
+    result = train(cfg, fresh=args.fresh)
+    acc = result.eval.get("accuracy")
+    print(f"trained model: {result.model_dir}" + (f"  eval accuracy {acc:.4f}" if acc is not None else ""))
+    return 0

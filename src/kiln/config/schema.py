@@ -1,0 +1,187 @@
+"""The validated config tree. Every other module takes these typed objects, never raw dicts.
+
+Sentinels are spelled out where they are defined: ``-1`` or ``0`` mean "off" or "automatic" as each
+field's description says.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+# Model presets: the CPU default is small; "reference" is the reference design.
+MODEL_PRESETS: dict[str, dict[str, int]] = {
+    "tiny": {"vocab_size": 2000, "embed_dim": 64, "num_heads": 2, "num_layers": 1, "ff_dim": 128},
+    "small": {"vocab_size": 8000, "embed_dim": 128, "num_heads": 4, "num_layers": 2, "ff_dim": 256},
+    "reference": {
+        "vocab_size": 10000,
+        "embed_dim": 512,
+        "num_heads": 8,
+        "num_layers": 6,
+        "ff_dim": 2048,
+    },
+}
+
+
+class Section(BaseModel):
+    """Base of every config section: unknown keys are errors and objects are immutable."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True)
+
+
+class TokenizerConfig(Section):
+    kind: Literal["wordpiece", "bpe"] = Field(
+        "wordpiece", description="subword algorithm trained on the training split"
+    )
+    lowercase: bool = Field(True, description="lowercase and strip accents before tokenizing")
+    min_frequency: int = Field(2, ge=1, description="drop merges/pieces seen fewer times")
+
+
+class DataConfig(Section):
+    train: str | None = Field(
+        None, description="training file (.csv, .tsv, .jsonl); null = the built-in dataset"
+    )
+    eval: str | None = Field(
+        None, description="evaluation file; null = hold out eval_fraction of the training file"
+    )
+    eval_fraction: float = Field(
+        0.1, gt=0, lt=1, description="share of the training file held out when data.eval is null"
+    )
+    text_column: str = Field("text", description="column (CSV/TSV header) or key (JSONL) of the text")
+    label_column: str = Field("label", description="column or key of the label")
+    labels: list[str] | None = Field(
+        None,
+        description="label names in class-index order; integer labels in the file index this "
+        "list. null = sorted labels found in the training file",
+    )
+    max_length: int = Field(128, ge=4, le=8192, description="tokens per text, longer ones are cut")
+    tokenizer: TokenizerConfig = Field(default_factory=TokenizerConfig)
+    bucket_by_length: bool = Field(
+        False, description="batch texts of similar length together (less padding)"
+    )
+    num_workers: int = Field(0, ge=0, description="DataLoader worker processes (0 = main process)")
+    pin_memory: bool = Field(False, description="DataLoader pin_memory (useful with CUDA)")
+    prefetch_factor: int | None = Field(
+        None, ge=1, description="batches prefetched per worker; needs num_workers > 0"
+    )
+    persistent_workers: bool = Field(
+        False, description="keep workers alive between epochs; needs num_workers > 0"
+    )
+
+    @model_validator(mode="after")
+    def _worker_options_need_workers(self) -> DataConfig:
+        if self.num_workers == 0 and (self.prefetch_factor is not None or self.persistent_workers):
+            raise ValueError(
+                "data.prefetch_factor and data.persistent_workers need data.num_workers > 0"
+            )
+        if self.labels is not None and len(set(self.labels)) != len(self.labels):
+            raise ValueError(f"data.labels has duplicates: {self.labels}")
+        if self.labels is not None and len(self.labels) < 2:
+            raise ValueError("data.labels needs at least 2 labels")
+        return self
+
+
+class ModelConfig(Section):
+    name: Literal["transformer"] = Field("transformer", description="model in the registry")
+    preset: Literal["tiny", "small", "reference"] = Field(
+        "small",
+        description="fills the size fields left unset: tiny (tests), small (CPU default), "
+        "reference (embed 512, 8 heads, 6 layers, vocabulary 10000)",
+    )
+    vocab_size: int = Field(
+        0, ge=0, description="tokenizer vocabulary to train (0 = from preset)"
+    )
+    embed_dim: int = Field(0, ge=0, description="width of embeddings and encoder (0 = from preset)")
+    num_heads: int = Field(0, ge=0, description="attention heads (0 = from preset)")
+    num_layers: int = Field(0, ge=0, description="encoder layers (0 = from preset)")
+    ff_dim: int = Field(0, ge=0, description="feed-forward width (0 = from preset)")
+    dropout: float = Field(0.1, ge=0, lt=1, description="dropout in embeddings and encoder layers")
+    pooling: Literal["mean", "cls"] = Field(
+        "mean", description="mean over real tokens, or the first ([CLS]) token"
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _fill_from_preset(cls, data: Any) -> Any:
+        if not isinstance(data, dict):
+            return data
+        preset = data.get("preset", "small")
+        if preset not in MODEL_PRESETS:
+            return data  # the Literal check reports it
+        filled = dict(data)
+        for key, value in MODEL_PRESETS[preset].items():
+            if filled.get(key) in (None, 0):
+                filled[key] = value
+        return filled
+
+    @model_validator(mode="after")
+    def _heads_divide_width(self) -> ModelConfig:
+        if self.embed_dim % self.num_heads:
+            raise ValueError(
+                f"model.embed_dim ({self.embed_dim}) must be divisible by "
+                f"model.num_heads ({self.num_heads})"
+            )
+        if self.vocab_size < 16:
+            raise ValueError(f"model.vocab_size must be at least 16, got {self.vocab_size}")
+        return self
+
+
+class TrainConfig(Section):
+    epochs: int = Field(5, ge=1, description="passes over the training data")
+    max_steps: int = Field(
+        -1, ge=-1, description="stop after this many optimizer steps (-1 = no limit)"
+    )
+    batch_size: int = Field(32, ge=1, description="examples per micro-batch (per device)")
+    grad_accum_steps: int = Field(
+        1, ge=1, description="micro-batches per optimizer step; the update equals one batch "
+        "grad_accum_steps times larger"
+    )
+    lr: float = Field(5e-4, gt=0, description="peak learning rate of AdamW")
+    weight_decay: float = Field(0.01, ge=0, description="AdamW weight decay (not on norms/biases)")
+    beta1: float = Field(0.9, ge=0, lt=1, description="AdamW beta1")
+    beta2: float = Field(0.999, ge=0, lt=1, description="AdamW beta2")
+    schedule: Literal["linear", "cosine", "constant"] = Field(
+        "linear", description="learning-rate decay after warmup"
+    )
+    warmup_ratio: float = Field(0.06, ge=0, lt=1, description="share of steps spent warming up")
+    warmup_steps: int = Field(
+        -1, ge=-1, description="warmup length in steps (-1 = use warmup_ratio)"
+    )
+    max_grad_norm: float = Field(1.0, ge=0, description="gradient clipping norm (0 = no clipping)")
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = Field(
+        "auto",
+        description="autocast dtype; auto = fp32 on CPU, bf16 on CUDA when supported else fp16. "
+        "fp16 uses a GradScaler and needs CUDA",
+    )
+    device: Literal["auto", "cpu", "cuda"] = Field("auto", description="auto = cuda if available")
+    eval_every: int = Field(
+        0, ge=0, description="evaluate every N optimizer steps (0 = at the end of each epoch)"
+    )
+    checkpoint_every: int = Field(
+        0, ge=0, description="checkpoint every N optimizer steps (0 = at the end of each epoch)"
+    )
+    keep_checkpoints: int = Field(3, ge=1, description="how many latest checkpoints to keep")
+    log_every: int = Field(10, ge=1, description="log metrics every N optimizer steps")
+    metric: Literal["accuracy", "macro_f1", "loss"] = Field(
+        "accuracy", description="evaluation metric that picks the best model and early stopping"
+    )
+    early_stopping_patience: int = Field(
+        0, ge=0, description="stop after N evaluations without improvement (0 = off)"
+    )
+    select: Literal["best", "last"] = Field(
+        "best", description="which weights go into model/: best by train.metric, or the last"
+    )
+    num_threads: int = Field(0, ge=0, description="torch CPU threads (0 = torch's default)")
+
+
+class Config(Section):
+    seed: int = Field(0, ge=0, description="seeds data order, initialisation and dropout")
+    run_dir: str = Field("runs/default", description="where the run directory goes")
+    framework: Literal["torch"] = Field("torch", description="training engine")
+    data: DataConfig = Field(default_factory=DataConfig)
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    versions: dict[str, str] | None = Field(
+        None, description="written by kiln into config.yaml: versions that ran it; ignored on input"
+    )

@@ -1,0 +1,150 @@
+"""Atomic checkpoints: written into a temporary folder, fsynced, then renamed into place.
+
+A crash at any moment leaves either the previous checkpoints or the new one, never a half-written
+folder that resume would pick up: resume only looks at ``step-*`` folders, and a folder only gets
+that name by an atomic rename once every file in it is on disk.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from kiln.config import write_text_atomic
+
+CHECKPOINTS = "checkpoints"
+LATEST = "latest"
+_STEP_DIR = re.compile(r"^step-(\d+)$")
+
+
+def checkpoint_dir(run_dir: Path, step: int) -> Path:
+    return run_dir / CHECKPOINTS / f"step-{step:06d}"
+
+
+def save_checkpoint(
+    run_dir: Path,
+    step: int,
+    model_state: dict[str, torch.Tensor],
+    optimizer_state: dict[str, Any],
+    trainer_state: dict[str, Any],
+    keep: int,
+    extra_files: tuple[Path, ...] = (),
+) -> Path:
+    """Write checkpoint ``step`` atomically, point ``latest`` at it and keep the newest ``keep``.
+
+    Returns:
+        The checkpoint folder.
+    """
+    root = run_dir / CHECKPOINTS
+    root.mkdir(parents=True, exist_ok=True)
+    final = checkpoint_dir(run_dir, step)
+    tmp = Path(tempfile.mkdtemp(dir=root, prefix=f".tmp-{final.name}-"))
+    try:
+        save_safetensors(model_state, tmp / "model.safetensors")
+        torch.save(optimizer_state, tmp / "optimizer.pt")
+        torch.save(trainer_state, tmp / "trainer_state.pt")
+        for f in extra_files:
+            shutil.copy2(f, tmp / f.name)
+        for f in tmp.iterdir():
+            _fsync_file(f)
+        if final.exists():  # the same step written again after a resume: replace it
+            _remove_dir(final)
+        os.rename(tmp, final)
+        _fsync_dir(root)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    write_text_atomic(root / LATEST, final.name + "\n")
+    _rotate(root, keep, protect=final)
+    return final
+
+
+def latest_checkpoint(run_dir: Path) -> Path | None:
+    """The newest complete checkpoint of ``run_dir``, or None."""
+    root = run_dir / CHECKPOINTS
+    pointer = root / LATEST
+    if pointer.exists():
+        named = root / pointer.read_text(encoding="utf-8").strip()
+        if _STEP_DIR.match(named.name) and named.is_dir():
+            return named
+    steps = list_checkpoints(run_dir)
+    return steps[-1] if steps else None
+
+
+def list_checkpoints(run_dir: Path) -> list[Path]:
+    """Complete checkpoint folders, oldest first."""
+    root = run_dir / CHECKPOINTS
+    if not root.is_dir():
+        return []
+    found = [(int(m.group(1)), p) for p in root.iterdir() if (m := _STEP_DIR.match(p.name))]
+    return [p for _, p in sorted(found)]
+
+
+def load_checkpoint(path: Path, device: torch.device) -> tuple[dict[str, torch.Tensor], Any, Any]:
+    """(model state, optimizer state, trainer state); pickles load with ``weights_only=True``."""
+    model_state = load_file(path / "model.safetensors", device=str(device))
+    optimizer_state = torch.load(path / "optimizer.pt", map_location=device, weights_only=True)
+    trainer_state = torch.load(path / "trainer_state.pt", map_location="cpu", weights_only=True)
+    return model_state, optimizer_state, trainer_state
+
+
+def remove_stale_temporaries(run_dir: Path) -> None:
+    """Delete temporary folders left by a crash during a checkpoint write."""
+    root = run_dir / CHECKPOINTS
+    if root.is_dir():
+        for p in root.glob(".tmp-*"):
+            _remove_dir(p) if p.is_dir() else p.unlink(missing_ok=True)
+
+
+def save_safetensors(state: dict[str, torch.Tensor], path: Path) -> None:
+    """safetensors needs contiguous CPU tensors that share no storage."""
+    save_file({k: v.detach().to("cpu").contiguous().clone() for k, v in state.items()}, str(path))
+
+
+def write_atomic(path: Path, write: Callable[[Path], None]) -> None:
+    """Call ``write(tmp)`` then rename ``tmp`` over ``path``."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    tmp = Path(name)
+    try:
+        write(tmp)
+        _fsync_file(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def _rotate(root: Path, keep: int, protect: Path) -> None:
+    steps = [p for p in list_checkpoints(root.parent) if p != protect]
+    for old in steps[: max(0, len(steps) + 1 - keep)]:
+        _remove_dir(old)
+
+
+def _remove_dir(path: Path) -> None:
+    # Rename first so a crash mid-delete never leaves a partial step-* folder behind.
+    trash = path.with_name(f".tmp-trash-{path.name}-{os.getpid()}")
+    os.rename(path, trash)
+    shutil.rmtree(trash)
+
+
+def _fsync_file(path: Path) -> None:
+    with open(path, "rb") as f:
+        os.fsync(f.fileno())
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

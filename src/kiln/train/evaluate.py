@@ -1,0 +1,68 @@
+"""One evaluation pass of a model over a DataLoader."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from kiln.data import Batch, EncodedDataset, PadCollator, SortedBatchSampler, encode_labels
+from kiln.data import encode_texts, read_examples
+from kiln.models import load_model_dir, resolve_model_dir
+from kiln.train.metrics import EvalResult, summarize
+
+
+@torch.no_grad()
+def evaluate(
+    model: nn.Module, batches: Iterable[Batch], num_classes: int, device: torch.device,
+    autocast_dtype: torch.dtype | None = None,
+) -> EvalResult:
+    """Loss, accuracy, macro-F1 and confusion matrix of ``model`` on ``batches``.
+
+    The model is put in eval mode and restored to its previous mode afterwards.
+    """
+    was_training = model.training
+    model.eval()
+    loss_sum, labels, preds = 0.0, [], []
+    for batch in batches:
+        with torch.autocast(device.type, dtype=autocast_dtype or torch.float32,
+                            enabled=autocast_dtype is not None):
+            logits = model(batch["input_ids"].to(device), batch["attention_mask"].to(device))
+        y = batch["labels"].to(device)
+        loss_sum += F.cross_entropy(logits.float(), y, reduction="sum").item()
+        labels.append(y.cpu().numpy())
+        preds.append(logits.argmax(dim=-1).cpu().numpy())
+    model.train(was_training)
+    return summarize(loss_sum, np.concatenate(labels), np.concatenate(preds), num_classes)
+
+
+def evaluate_file(
+    model_dir: str | os.PathLike[str], data_file: str | os.PathLike[str],
+    text_column: str | None = None, label_column: str | None = None, batch_size: int = 64,
+) -> tuple[EvalResult, list[str]]:
+    """Evaluate a model folder (or a run's ``model/``) on a labeled file.
+
+    Columns default to the ones the model was trained with. Returns the result and label names.
+
+    Raises:
+        RunDirError: not a model folder. DataError: bad file or a label the model does not know.
+    """
+    loaded = load_model_dir(resolve_model_dir(model_dir))
+    columns = loaded.manifest.get("data", {})
+    path = Path(data_file)
+    raw = read_examples(path, text_column or columns.get("text_column", "text"),
+                        label_column or columns.get("label_column", "label"))
+    labels = encode_labels(raw, loaded.label_names, path)
+    dataset = EncodedDataset(encode_texts(loaded.tokenizer, [e.text for e in raw]), labels)
+    pad = int(loaded.manifest["model"]["kwargs"].get("pad_id", 0))
+    batches = (
+        PadCollator(pad)([dataset[i] for i in idx])
+        for idx in SortedBatchSampler(dataset.lengths, batch_size)
+    )
+    result = evaluate(loaded.model, batches, len(loaded.label_names), torch.device("cpu"))
+    return result, loaded.label_names

@@ -1,0 +1,104 @@
+"""Where training metrics go: metrics.jsonl, TensorBoard event files, and the terminal."""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any, TextIO
+
+from kiln.config import write_text_atomic
+from kiln.train.metrics import EvalResult
+
+METRICS_FILE = "metrics.jsonl"
+
+
+class RunLogger:
+    """Writes one JSON object per logged step or evaluation, the same scalars to TensorBoard, and a
+    progress bar (on a terminal) or plain periodic lines (otherwise).
+
+    On resume from ``start_step``, entries after that step (written by the interrupted run after its
+    last checkpoint) are dropped from metrics.jsonl and TensorBoard, so each step appears once.
+    """
+
+    def __init__(
+        self, run_dir: Path, total_steps: int, start_step: int = 0, tensorboard: bool = True,
+        progress: bool | None = None, stream: TextIO | None = None,
+    ) -> None:
+        self.path = run_dir / METRICS_FILE
+        self.stream = stream or sys.stderr
+        _truncate_after(self.path, start_step)
+        self._jsonl = open(self.path, "a", encoding="utf-8")  # noqa: SIM115 (closed in close())
+        self._tb: Any = None
+        if tensorboard:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self._tb = SummaryWriter(
+                str(run_dir / "tensorboard"), purge_step=start_step if start_step else None
+            )
+        self._bar: Any = None
+        if progress if progress is not None else self.stream.isatty():
+            from tqdm import tqdm
+
+            self._bar = tqdm(total=total_steps, initial=start_step, file=self.stream,
+                             dynamic_ncols=True, unit="step")
+        self.total_steps = total_steps
+        self._last_step = start_step
+
+    def log_train(self, step: int, scalars: dict[str, float]) -> None:
+        self._write({"step": step, "kind": "train", **scalars}, prefix="train")
+        if self._bar is not None:
+            self._bar.update(step - self._last_step)
+            self._bar.set_postfix(loss=f"{scalars['loss']:.4f}", lr=f"{scalars['lr']:.2e}",
+                                  samples_s=f"{scalars['samples_per_s']:.0f}")
+        else:
+            self.message(
+                f"step {step}/{self.total_steps}  loss {scalars['loss']:.4f}  "
+                f"lr {scalars['lr']:.2e}  {scalars['samples_per_s']:.0f} samples/s"
+            )
+        self._last_step = step
+
+    def log_eval(self, step: int, result: EvalResult, epoch: int) -> None:
+        self._write({"step": step, "kind": "eval", "epoch": epoch, **result.scalars()}, prefix="eval")
+        self.message(
+            f"eval at step {step}: loss {result.loss:.4f}  accuracy {result.accuracy:.4f}  "
+            f"macro_f1 {result.macro_f1:.4f}"
+        )
+
+    def message(self, text: str) -> None:
+        if self._bar is not None:
+            self._bar.write(text, file=self.stream)
+        else:
+            print(text, file=self.stream, flush=True)
+
+    def close(self) -> None:
+        if self._bar is not None:
+            self._bar.close()
+        if self._tb is not None:
+            self._tb.close()
+        self._jsonl.close()
+
+    def _write(self, record: dict[str, Any], prefix: str) -> None:
+        record["time"] = round(time.time(), 3)
+        self._jsonl.write(json.dumps(record) + "\n")
+        self._jsonl.flush()
+        if self._tb is not None:
+            for key, value in record.items():
+                if key not in ("step", "kind", "time", "epoch") and isinstance(value, (int, float)):
+                    self._tb.add_scalar(f"{prefix}/{key}", value, record["step"])
+
+
+def _truncate_after(path: Path, step: int) -> None:
+    if not path.exists():
+        return
+    lines = path.read_text(encoding="utf-8").splitlines()
+    kept = []
+    for line in lines:
+        try:
+            if json.loads(line).get("step", 0) <= step:
+                kept.append(line)
+        except json.JSONDecodeError:
+            continue  # a line cut short by a crash
+    if len(kept) != len(lines):
+        write_text_atomic(path, "".join(line + "\n" for line in kept))
