@@ -36,6 +36,7 @@ def tiny_overrides(train_csv: Path, eval_csv: Path, run_dir: Path, **extra: obje
         "train.epochs": 1,
         "train.batch_size": 16,
         "train.log_every": 5,
+        "train.device": "cpu",  # bit-exactness claims are for CPU; GPU tests override this
     }
     base.update(extra)
     return [f"{k}={v}" for k, v in base.items()]

@@ -82,3 +82,14 @@ def test_bad_input_exits_2_naming_the_problem_without_traceback(
 def test_eval_of_a_missing_run_exits_2(tmp_path: Path, cli_env: dict[str, str]) -> None:
     done = kiln("eval", tmp_path / "nope", "--data", tmp_path / "x.csv", env=cli_env)
     assert done.returncode == 2 and "does not exist" in done.stderr
+
+
+@pytest.mark.slow
+def test_run_with_no_data_uses_the_built_in_dataset(tmp_path: Path, cli_env: dict[str, str]) -> None:
+    run = tmp_path / "run"
+    done = kiln("run", f"run_dir={run}", "model.preset=tiny", "train.epochs=1", env=cli_env)
+    assert done.returncode == 0, done.stderr
+    assert (run / "data" / "train.csv").exists() and (run / "data" / "eval.csv").exists()
+    assert "accuracy" in done.stdout
+    again = kiln("train", f"run_dir={run}", "model.preset=tiny", "train.epochs=1", env=cli_env)
+    assert again.returncode == 0 and "resumed at step" in again.stderr

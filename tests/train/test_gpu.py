@@ -31,7 +31,8 @@ def test_mixed_precision_trains_on_cuda(precision: str, small_dataset: tuple[Pat
 
 def test_auto_precision_picks_bf16_or_fp16_on_cuda(small_dataset: tuple[Path, Path],
                                                    tmp_path: Path) -> None:
-    cfg = load_config(overrides=tiny_overrides(*small_dataset, tmp_path, **{"train.max_steps": 2}))
+    cfg = load_config(overrides=tiny_overrides(*small_dataset, tmp_path, **{
+        "train.max_steps": 2, "train.device": "auto"}))
     train(cfg, progress=False)
     import json
 

@@ -65,7 +65,8 @@ class EpochBatchSampler(Sampler[list[int]]):
     """
 
     def __init__(
-        self, lengths: Sequence[int], batch_size: int, seed: int, bucket_by_length: bool = False
+        self, lengths: Sequence[int] | np.ndarray, batch_size: int, seed: int,
+        bucket_by_length: bool = False,
     ) -> None:
         self.lengths = np.asarray(lengths)
         self.batch_size = batch_size
@@ -107,7 +108,7 @@ class EpochBatchSampler(Sampler[list[int]]):
 class SortedBatchSampler(Sampler[list[int]]):
     """Batches of similar length in a fixed order, for evaluation (least padding, no shuffling)."""
 
-    def __init__(self, lengths: Sequence[int], batch_size: int) -> None:
+    def __init__(self, lengths: Sequence[int] | np.ndarray, batch_size: int) -> None:
         order = np.argsort(np.asarray(lengths), kind="stable").tolist()
         self._batches = [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
 

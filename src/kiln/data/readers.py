@@ -89,8 +89,9 @@ def _delimited_rows(
     path: Path, text: str, text_column: str, label_column: str, delimiter: str
 ) -> Iterator[tuple[int, str, str]]:
     # TSV files (GLUE style) do not quote; CSV files follow RFC 4180 quoting.
-    quoting = csv.QUOTE_NONE if delimiter == "\t" else csv.QUOTE_MINIMAL
-    reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter, quoting=quoting)
+    stream = io.StringIO(text, newline="")
+    reader = (csv.reader(stream, delimiter="\t", quoting=csv.QUOTE_NONE) if delimiter == "\t"
+              else csv.reader(stream, delimiter=delimiter, quoting=csv.QUOTE_MINIMAL))
     try:
         header = next(reader, None)
         if header is None:

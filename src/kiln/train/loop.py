@@ -144,7 +144,7 @@ def train(cfg: Config, *, fresh: bool = False, progress: bool | None = None) -> 
         state.last_eval = _eval_record(result)
 
     model.train()
-    loop_seconds, window_start, window_samples = 0.0, time.perf_counter(), 0
+    loop_seconds, window_start, window_samples, window_tokens = 0.0, time.perf_counter(), 0, 0
     loss_sum = torch.zeros((), device=device)
     while state.step < total_steps and not state.stopped_early:
         sampler.set_epoch(state.epoch, start=state.batch_in_epoch)
@@ -157,6 +157,7 @@ def train(cfg: Config, *, fresh: bool = False, progress: bool | None = None) -> 
             # Sum of per-example losses over the whole accumulated batch, divided by its size:
             # the gradient equals that of one batch grad_accum_steps times larger.
             num_examples = sum(len(b["labels"]) for b in group)
+            window_tokens += sum(int(b["attention_mask"].sum()) for b in group)  # CPU tensors
             for batch in group:
                 with torch.autocast(device.type, dtype=amp_dtype or torch.float32,
                                     enabled=amp_dtype is not None):
@@ -187,13 +188,14 @@ def train(cfg: Config, *, fresh: bool = False, progress: bool | None = None) -> 
                 steps_in_window = (state.step - 1) % tc.log_every + 1
                 log.log_train(state.step, {
                     "loss": loss_sum.item() / steps_in_window,  # a device sync, once per log step
-                    "lr": scheduler.get_last_lr()[0],
+                    "lr": float(scheduler.get_last_lr()[0]),
                     "grad_norm": float(grad_norm),
                     "samples_per_s": window_samples / max(elapsed, 1e-9),
+                    "tokens_per_s": window_tokens / max(elapsed, 1e-9),  # non-padding tokens
                     "epoch": state.epoch,
                 })
                 loss_sum.zero_()
-                window_start, window_samples = time.perf_counter(), 0
+                window_start, window_samples, window_tokens = time.perf_counter(), 0, 0
             done = state.step >= total_steps
             if done or (tc.eval_every and state.step % tc.eval_every == 0) or (
                     not tc.eval_every and end_of_epoch):
