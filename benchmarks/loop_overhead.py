@@ -74,6 +74,21 @@ def hand_written_loop(cfg: Config, run_dir: Path) -> tuple[float, int, dict[str,
     return seconds, step, {k: v.detach().clone() for k, v in model.state_dict().items()}
 
 
+def run_kiln(cfg: Config, run_dir: Path) -> tuple[float, dict[str, torch.Tensor]]:
+    result = train(cfg, fresh=True, progress=False)
+    STEPS["kiln"] = result.step
+    return result.loop_seconds / result.step, load_file(str(run_dir / "model" / "model.safetensors"))
+
+
+def run_hand(cfg: Config, run_dir: Path) -> tuple[float, dict[str, torch.Tensor]]:
+    seconds, steps, weights = hand_written_loop(cfg, run_dir)
+    STEPS["hand"] = steps
+    return seconds / steps, weights
+
+
+STEPS: dict[str, int] = {}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", help="training file (default: the built-in dataset)")
@@ -81,7 +96,7 @@ def main() -> None:
     parser.add_argument("--label-column", default="label")
     parser.add_argument("--epochs", type=int, default=1)
     parser.add_argument("--max-steps", type=int, default=150)
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=6)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("overrides", nargs="*", help="extra kiln key=value settings")
     args = parser.parse_args()
@@ -97,18 +112,24 @@ def main() -> None:
         ]
         cfg = load_config(overrides=settings)
         kiln_times, hand_times, identical = [], [], []
-        for repeat in range(args.repeats):
-            result = train(cfg, fresh=True, progress=False)
-            kiln_times.append(result.loop_seconds / result.step)
-            kiln_weights = load_file(str(run_dir / "model" / "model.safetensors"))
-            seconds, steps, weights = hand_written_loop(cfg, run_dir)
-            hand_times.append(seconds / steps)
-            identical.append(all(torch.equal(weights[k], kiln_weights[k]) for k in weights))
-            print(f"repeat {repeat}: hand {1e3 * hand_times[-1]:.2f} ms/step, "
-                  f"kiln {1e3 * kiln_times[-1]:.2f} ms/step, weights identical: {identical[-1]}")
+        # Repeat 0 warms caches and allocators and is not counted; the order alternates so that
+        # neither loop always runs second on a machine whose speed drifts.
+        for repeat in range(args.repeats + 1):
+            runs = [run_kiln, run_hand] if repeat % 2 else [run_hand, run_kiln]
+            outcome = {f.__name__: f(cfg, run_dir) for f in runs}
+            (k_time, k_weights), (h_time, h_weights) = outcome["run_kiln"], outcome["run_hand"]
+            same = all(torch.equal(h_weights[k], k_weights[k]) for k in h_weights)
+            print(f"repeat {repeat}{' (warm-up)' if repeat == 0 else ''}: hand "
+                  f"{1e3 * h_time:.2f} ms/step, kiln {1e3 * k_time:.2f} ms/step, "
+                  f"weights identical: {same}")
+            if repeat:
+                kiln_times.append(k_time)
+                hand_times.append(h_time)
+                identical.append(same)
 
     hand, kiln_ms = statistics.median(hand_times), statistics.median(kiln_times)
-    print(f"\n{steps} steps x {args.repeats} repeats, {torch.get_num_threads()} threads, "
+    assert STEPS["kiln"] == STEPS["hand"], STEPS
+    print(f"\n{STEPS['kiln']} steps x {args.repeats} repeats, {torch.get_num_threads()} threads, "
           f"model {cfg.model.preset} ({cfg.model.embed_dim}d x {cfg.model.num_layers} layers), "
           f"batch {cfg.train.batch_size}")
     print(f"median step time: hand-written {1e3 * hand:.2f} ms, kiln {1e3 * kiln_ms:.2f} ms")
