@@ -18,6 +18,14 @@ def kiln(*args: object, env: dict[str, str]) -> subprocess.CompletedProcess[str]
                           timeout=600)
 
 
+def tensorboard_tags(log_dir: Path) -> set[str]:
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    acc = EventAccumulator(str(log_dir))
+    acc.Reload()
+    return set(acc.Tags()["scalars"])
+
+
 def test_help_explains_every_config_key(cli_env: dict[str, str]) -> None:
     top = kiln("--help", env=cli_env)
     assert top.returncode == 0 and "train" in top.stdout and "eval" in top.stdout
@@ -42,7 +50,10 @@ def test_run_then_eval_on_files(small_dataset: tuple[Path, Path], tmp_path: Path
     assert set(manifest["files"]) == {"model.safetensors", "tokenizer.json"}
     lines = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
     assert all("step" in x for x in lines) and any(x["kind"] == "eval" for x in lines)
-    assert list((run / "tensorboard").glob("events.out.tfevents.*"))
+    tags = tensorboard_tags(run / "tensorboard")
+    for tag in ("train/loss", "train/lr", "train/grad_norm", "train/samples_per_s",
+                "train/tokens_per_s", "eval/accuracy", "eval/macro_f1", "eval/loss"):
+        assert tag in tags, tag
 
     ev = kiln("eval", run, "--data", small_dataset[1], "--json", env=cli_env)
     assert ev.returncode == 0, ev.stderr
