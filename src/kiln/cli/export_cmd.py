@@ -1,0 +1,44 @@
+"""`kiln export`: ONNX, ORT-optimised, int8 and fp16 artifacts, each verified against the model."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Any
+
+from kiln.export import ARTIFACTS, Tolerance, export_run, format_parity_table
+
+HELP = "export a trained run to verified inference artifacts in RUN/export/"
+
+
+def add_parser(sub: Any) -> None:
+    parser = sub.add_parser("export", help=HELP, description=HELP + ". Every artifact is compared "
+                            "with the trained model on the run's evaluation set (parity.json); one "
+                            "outside tolerance fails the command unless --keep-failed.")
+    parser.add_argument("run", metavar="RUN", help="a trained run directory")
+    parser.add_argument("--artifacts", nargs="+", choices=ARTIFACTS, default=list(ARTIFACTS),
+                        metavar="NAME", help=f"what to build (default: all of {', '.join(ARTIFACTS)})")
+    parser.add_argument("--max-accuracy-drop", type=float, default=0.5, metavar="POINTS",
+                        help="fail an artifact whose accuracy is lower by more (default 0.5)")
+    parser.add_argument("--min-agreement", type=float, default=0.99, metavar="FRACTION",
+                        help="fail an artifact whose argmax agrees less often (default 0.99)")
+    parser.add_argument("--calibration-samples", type=int, default=256,
+                        help="training texts for static int8 calibration (default 256)")
+    parser.add_argument("--keep-failed", action="store_true",
+                        help="exit 0 even if an artifact fails parity (it stays marked failed)")
+    parser.set_defaults(handler=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    report = export_run(
+        args.run, artifacts=args.artifacts, calibration_samples=args.calibration_samples,
+        tolerance=Tolerance(args.max_accuracy_drop, args.min_agreement),
+    )
+    print(format_parity_table(report.parity, report.reference_accuracy))
+    print(f"\nartifacts and parity.json in {report.export_dir}; recommended: {report.recommended}")
+    if report.failed and not args.keep_failed:
+        for p in report.failed:
+            print(f"kiln export: artifact {p.artifact} ({p.file}) failed parity: "
+                  f"{'; '.join(p.failures)}", file=sys.stderr)
+        return 1
+    return 0

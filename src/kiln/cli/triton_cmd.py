@@ -1,0 +1,36 @@
+"""`kiln triton`: write a Triton model repository from a run's exported ONNX artifact."""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+from kiln.export import triton_run
+
+HELP = "package a run's verified ONNX artifact as a Triton model repository in RUN/triton/"
+
+
+def add_parser(sub: Any) -> None:
+    parser = sub.add_parser("triton", help=HELP, description=HELP + ". The config is built "
+                            "through Triton's own protobuf schema.")
+    parser.add_argument("run", metavar="RUN", help="a run directory that has been exported")
+    parser.add_argument("--name", help="model name (default: the run folder's name)")
+    parser.add_argument("--artifact", help="ONNX artifact (default: the recommended one)")
+    parser.add_argument("--max-batch-size", type=int, default=64)
+    parser.add_argument("--max-queue-delay-us", type=int, default=2000,
+                        help="dynamic batching: longest wait to fill a batch (default 2000)")
+    parser.add_argument("--instances", type=int, default=1, help="model instances (default 1)")
+    parser.add_argument("--gpu", action="store_true", help="KIND_GPU instances (default KIND_CPU)")
+    parser.add_argument("--tensorrt", action="store_true",
+                        help="with --gpu: TensorRT execution accelerator, FP16")
+    parser.set_defaults(handler=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    folder = triton_run(
+        args.run, name=args.name, artifact=args.artifact, max_batch_size=args.max_batch_size,
+        max_queue_delay_us=args.max_queue_delay_us, instances=args.instances,
+        kind="gpu" if args.gpu else "cpu", tensorrt=args.tensorrt,
+    )
+    print(f"Triton model repository: {folder.parent}  (model '{folder.name}', {folder}/config.pbtxt)")
+    return 0

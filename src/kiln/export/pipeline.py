@@ -1,0 +1,199 @@
+"""`kiln export`: turn a trained run into verified inference artifacts in RUN/export/."""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from kiln.config import load_config
+from kiln.data import EncodedDataset, PadCollator, SortedBatchSampler, prepare_data
+from kiln.errors import RunDirError
+from kiln.export.onnx_export import export_onnx
+from kiln.export.onnx_optimize import (
+    convert_fp16,
+    optimize_for_ort,
+    quantize_dynamic_int8,
+    quantize_static_int8,
+)
+from kiln.export.parity import EvalBatch, Parity, Tolerance, measure_parity, run_backend
+from kiln.models import MANIFEST, file_digest, load_model_dir
+from kiln.runtime.backends import OrtBackend, TorchBackend
+from kiln.runtime.predictor import Backend
+
+ARTIFACTS = ("torch-int8", "onnx-fp32", "onnx-opt", "onnx-int8-dynamic", "onnx-int8-static",
+             "onnx-fp16")
+# Without benchmark numbers, the artifact expected to be fastest on a CPU comes first.
+PREFERENCE = ("onnx-int8-dynamic", "onnx-int8-static", "onnx-opt", "onnx-fp32", "torch-int8")
+FILES = {"torch-int8": "model.safetensors", "onnx-fp32": "model.onnx", "onnx-opt": "model.opt.onnx",
+         "onnx-int8-dynamic": "model.int8.onnx", "onnx-int8-static": "model.int8-static.onnx",
+         "onnx-fp16": "model.fp16.onnx"}
+PRECISION = {"torch-int8": "int8", "onnx-fp32": "fp32", "onnx-opt": "fp32",
+             "onnx-int8-dynamic": "int8", "onnx-int8-static": "int8", "onnx-fp16": "fp16"}
+PARITY_FILE = "parity.json"
+
+
+@dataclass(frozen=True)
+class ExportReport:
+    export_dir: Path
+    reference_accuracy: float
+    parity: list[Parity]
+    recommended: str | None
+    fused_operators: dict[str, int]
+
+    @property
+    def failed(self) -> list[Parity]:
+        return [p for p in self.parity if not p.passed]
+
+
+def export_run(
+    run_dir: str | os.PathLike[str], *, tolerance: Tolerance = Tolerance(),
+    artifacts: Sequence[str] = ARTIFACTS, calibration_samples: int = 256,
+) -> ExportReport:
+    """Export, quantise and verify every artifact of a trained run into ``run_dir/export``.
+
+    The folder is built under a temporary name and renamed into place when complete.
+
+    Raises:
+        RunDirError: the run has no trained model or config. ExportError: an export is broken.
+    """
+    run = Path(run_dir)
+    unknown = sorted(set(artifacts) - set(ARTIFACTS))
+    if unknown:
+        raise RunDirError(f"unknown artifacts {unknown}; choose from {list(ARTIFACTS)}")
+    if not (run / "config.yaml").exists() or not (run / "model" / MANIFEST).exists():
+        raise RunDirError(f"{run} is not a finished kiln run (config.yaml and model/{MANIFEST} "
+                          "are needed); train it first")
+    loaded = load_model_dir(run / "model")
+    kwargs = loaded.manifest["model"]["kwargs"]
+    data = prepare_data(load_config(run / "config.yaml"), run)
+    pad = int(kwargs.get("pad_id", 0))
+    batches = eval_batches(data.eval, pad)
+    labels = np.concatenate([y for _, _, y in batches])
+    reference = run_backend(TorchBackend(loaded.model), batches)
+    reference_accuracy = float((reference.argmax(-1) == labels).mean())
+
+    work = Path(tempfile.mkdtemp(dir=run, prefix=".tmp-export-"))
+    try:
+        shutil.copy2(run / "model" / "model.safetensors", work / "model.safetensors")
+        shutil.copy2(run / "model" / "tokenizer.json", work / "tokenizer.json")
+        fused: dict[str, int] = {}
+        builders: dict[str, Callable[[], Backend]] = {
+            "torch-int8": lambda: TorchBackend(copy.deepcopy(loaded.model), int8=True),
+        }
+        onnx_path = work / FILES["onnx-fp32"]
+        needs_onnx = any(a.startswith("onnx") for a in artifacts)
+        if needs_onnx:
+            export_onnx(loaded.model, onnx_path, int(loaded.manifest["max_length"]))
+        if "onnx-opt" in artifacts or "onnx-int8-dynamic" in artifacts:
+            fused = optimize_for_ort(onnx_path, work / FILES["onnx-opt"], kwargs["num_heads"],
+                                     kwargs["embed_dim"])
+        if "onnx-int8-dynamic" in artifacts:
+            quantize_dynamic_int8(work / FILES["onnx-opt"], work / FILES["onnx-int8-dynamic"])
+        if "onnx-int8-static" in artifacts:
+            quantize_static_int8(onnx_path, work / FILES["onnx-int8-static"],
+                                 calibration_batches(data.train, pad, calibration_samples))
+        if "onnx-fp16" in artifacts:
+            convert_fp16(onnx_path, work / FILES["onnx-fp16"])
+        for name in ARTIFACTS:
+            if name.startswith("onnx"):
+                builders[name] = _ort_builder(work / FILES[name])
+
+        results = []
+        for name in artifacts:
+            logits = run_backend(builders[name](), batches)
+            results.append(measure_parity(name, FILES[name], logits, reference, labels,
+                                          len(loaded.label_names), tolerance))
+        for name in ARTIFACTS:  # files built only as an intermediate step are not shipped
+            if name not in artifacts and name != "torch-int8":
+                (work / FILES[name]).unlink(missing_ok=True)
+        recommended = next((n for n in PREFERENCE for r in results if r.artifact == n and r.passed),
+                           None)
+        _write_json(work / PARITY_FILE, {"reference": {"artifact": "torch-fp32",
+                                                        "accuracy": reference_accuracy},
+                                         "tolerance": tolerance.__dict__,
+                                         "artifacts": [r.to_json() for r in results]})
+        manifest = _export_manifest(loaded.manifest, work, results, recommended, tolerance,
+                                    reference_accuracy, fused)
+        _write_json(work / MANIFEST, manifest)
+        final = run / "export"
+        if final.exists():
+            old = run / f".tmp-old-export-{os.getpid()}"
+            final.rename(old)
+            work.rename(final)
+            shutil.rmtree(old)
+        else:
+            work.rename(final)
+    except BaseException:
+        shutil.rmtree(work, ignore_errors=True)
+        raise
+    return ExportReport(final, reference_accuracy, results, recommended, fused)
+
+
+def _ort_builder(path: Path) -> Callable[[], Backend]:
+    return lambda: OrtBackend(path)
+
+
+def eval_batches(dataset: EncodedDataset, pad_id: int, batch_size: int = 64) -> list[EvalBatch]:
+    """The evaluation set as padded numpy batches of similar length."""
+    collate = PadCollator(pad_id)
+    out = []
+    for idx in SortedBatchSampler(dataset.lengths, batch_size):
+        b = collate([dataset[i] for i in idx])
+        out.append((b["input_ids"].numpy(), b["attention_mask"].numpy(), b["labels"].numpy()))
+    return out
+
+
+def calibration_batches(dataset: EncodedDataset, pad_id: int, samples: int,
+                        batch_size: int = 16) -> Iterator[dict[str, np.ndarray]]:
+    """A seeded sample of training texts, in batches, for static quantisation ranges."""
+    rng = np.random.default_rng(0)
+    chosen = rng.choice(len(dataset), size=min(samples, len(dataset)), replace=False)
+    collate = PadCollator(pad_id)
+    for start in range(0, len(chosen), batch_size):
+        b = collate([dataset[int(i)] for i in chosen[start:start + batch_size]])
+        yield {"input_ids": b["input_ids"].numpy(), "attention_mask": b["attention_mask"].numpy()}
+
+
+def _export_manifest(
+    model_manifest: dict[str, Any], folder: Path, results: list[Parity], recommended: str | None,
+    tolerance: Tolerance, reference_accuracy: float, fused: dict[str, int],
+) -> dict[str, Any]:
+    import onnx
+    import onnxruntime
+
+    manifest = dict(model_manifest)
+    manifest["artifacts"] = {
+        r.artifact: {
+            "file": r.file,
+            "backend": "torch" if r.artifact.startswith("torch") else "onnxruntime",
+            "precision": PRECISION[r.artifact],
+            "passed": r.passed,
+            "accuracy": r.accuracy,
+            "argmax_agreement": r.argmax_agreement,
+            "max_abs_diff": r.max_abs_diff,
+        }
+        for r in results
+    }
+    manifest["export"] = {
+        "recommended": recommended,
+        "reference_accuracy": reference_accuracy,
+        "tolerance": tolerance.__dict__,
+        "ort_fused_operators": fused,
+        "versions": {"onnx": onnx.__version__, "onnxruntime": onnxruntime.__version__},
+    }
+    manifest["files"] = {p.name: file_digest(p) for p in sorted(folder.iterdir())
+                         if p.is_file() and p.name != MANIFEST}
+    return manifest
+
+
+def _write_json(path: Path, data: Any) -> None:
+    path.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")

@@ -1,0 +1,250 @@
+"""A Triton Inference Server model repository for an exported ONNX classifier.
+
+The repository holds ``<model_name>/config.pbtxt``, ``<model_name>/1/model.onnx`` (plus any
+external-data files the graph references), the tokenizer and the manifest ``kiln.json``, so a text
+client can tokenise from the folder alone. The config is built from Triton's own protobuf schema,
+so a field Triton does not know cannot get in.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import Any, Literal
+
+import onnx
+from google.protobuf import text_format
+from onnx.external_data_helper import ExternalDataInfo, uses_external_data
+from tritonclient.grpc import model_config_pb2
+
+from kiln.errors import KilnError
+from kiln.models.package import MANIFEST, TOKENIZER, file_digest
+
+CONFIG = "config.pbtxt"
+VERSION = "1"
+ONNX_MODEL = "model.onnx"
+WARMUP_SEQUENCE_LENGTH = 16  # tokens per warm-up request; clipped to the manifest's max_length
+TENSORRT_WORKSPACE_BYTES = 1 << 30  # 1 GiB of scratch space for TensorRT engine building
+
+# manifest dtype -> (ONNX element type, Triton data type)
+_DTYPES: dict[str, tuple[int, int]] = {
+    "int64": (onnx.TensorProto.INT64, model_config_pb2.TYPE_INT64),
+    "int32": (onnx.TensorProto.INT32, model_config_pb2.TYPE_INT32),
+    "float32": (onnx.TensorProto.FLOAT, model_config_pb2.TYPE_FP32),
+    "float16": (onnx.TensorProto.FLOAT16, model_config_pb2.TYPE_FP16),
+}
+
+
+class TritonExportError(KilnError):
+    """The ONNX model, manifest or settings cannot make a valid Triton model repository."""
+
+
+def write_triton_repository(
+    onnx_file: Path, manifest: Mapping[str, Any], out_dir: Path, model_name: str, *,
+    max_batch_size: int = 64, max_queue_delay_us: int = 2000, instances: int = 1,
+    kind: Literal["cpu", "gpu"] = "cpu", tensorrt: bool = False,
+    tokenizer_file: Path | None = None,
+) -> Path:
+    """Write ``out_dir/<model_name>/`` as a Triton model for the ONNX Runtime backend.
+
+    The folder is assembled under a temporary name and renamed into place, replacing an older one.
+
+    Args:
+        onnx_file: the exported classifier; external-data files it references are copied with it.
+        manifest: the model's ``kiln.json`` body: ``inputs``, ``outputs`` and ``labels`` are used.
+        out_dir: the model repository (``tritonserver --model-repository``).
+        model_name: the name clients ask for; also the folder name.
+        max_batch_size: largest batch the dynamic batcher forms (>= 1).
+        max_queue_delay_us: how long a request may wait for others to fill a batch, in µs.
+        instances: model instances (execution copies) per device.
+        kind: run on the CPU or the GPU.
+        tensorrt: on ``kind="gpu"``, let ONNX Runtime hand subgraphs to TensorRT in FP16;
+            ignored on the CPU.
+        tokenizer_file: copied next to ``config.pbtxt`` under the manifest's tokenizer name.
+
+    Returns:
+        The model folder ``out_dir/<model_name>``.
+
+    Raises:
+        TritonExportError: a setting is out of range, a file is missing, or the ONNX graph's
+            inputs/outputs differ from what the manifest promises.
+    """
+    _check_settings(model_name, max_batch_size, max_queue_delay_us, instances, kind)
+    if not onnx_file.is_file():
+        raise TritonExportError(f"ONNX model {onnx_file} does not exist")
+    if tokenizer_file is not None and not tokenizer_file.is_file():
+        raise TritonExportError(f"tokenizer {tokenizer_file} does not exist")
+    graph = onnx.load(str(onnx_file), load_external_data=False)
+    _check_graph(graph, manifest, onnx_file)
+    data_files = _external_data_files(graph, onnx_file)
+
+    config = model_config_pb2.ModelConfig(
+        name=model_name, platform="onnxruntime_onnx", max_batch_size=max_batch_size)
+    for spec in manifest["inputs"]:
+        config.input.add(name=spec["name"], data_type=_DTYPES[spec["dtype"]][1],
+                         dims=_dims(spec["shape"]))
+    for spec in manifest["outputs"]:
+        config.output.add(name=spec["name"], data_type=_DTYPES[spec["dtype"]][1],
+                          dims=_dims(spec["shape"]))
+    config.dynamic_batching.max_queue_delay_microseconds = max_queue_delay_us
+    config.dynamic_batching.preferred_batch_size.extend(_preferred_batch_sizes(max_batch_size))
+    config.instance_group.add(count=instances, kind=(
+        model_config_pb2.ModelInstanceGroup.KIND_GPU if kind == "gpu"
+        else model_config_pb2.ModelInstanceGroup.KIND_CPU))
+    # Warm-up runs one request before the model is marked ready, so the first user does not pay
+    # for ONNX Runtime's (or TensorRT's) lazy initialisation. zero_data, not random_data: random
+    # int64 token ids would index outside the embedding table and fail the load.
+    warmup = config.model_warmup.add(name="batch1", batch_size=1, count=1)
+    length = min(WARMUP_SEQUENCE_LENGTH, int(manifest.get("max_length", WARMUP_SEQUENCE_LENGTH)))
+    for spec in manifest["inputs"]:
+        warmup.inputs[spec["name"]].CopyFrom(model_config_pb2.ModelWarmup.Input(
+            data_type=_DTYPES[spec["dtype"]][1], dims=[length], zero_data=True))
+    if tensorrt and kind == "gpu":
+        accelerator = config.optimization.execution_accelerators.gpu_execution_accelerator.add(
+            name="tensorrt")
+        accelerator.parameters["precision_mode"] = "FP16"
+        accelerator.parameters["max_workspace_size_bytes"] = str(TENSORRT_WORKSPACE_BYTES)
+
+    target = out_dir / model_name
+    out_dir.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=out_dir, prefix=f".tmp-{model_name}-"))
+    try:
+        version = tmp / VERSION
+        version.mkdir()
+        shutil.copy2(onnx_file, version / ONNX_MODEL)
+        for location in data_files:
+            (version / location).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(onnx_file.parent / location, version / location)
+        body = dict(manifest)
+        files = [f"{VERSION}/{ONNX_MODEL}", *(f"{VERSION}/{loc}" for loc in data_files)]
+        if tokenizer_file is not None:
+            tokenizer_name = str(manifest.get("tokenizer", TOKENIZER))
+            shutil.copy2(tokenizer_file, tmp / tokenizer_name)
+            files.append(tokenizer_name)
+        # The checksums describe this folder, so verify_files() works on it as on a model folder.
+        body["files"] = {f: file_digest(tmp / f) for f in files}
+        (tmp / MANIFEST).write_text(json.dumps(body, indent=2) + "\n", encoding="utf-8")
+        (tmp / CONFIG).write_text(text_format.MessageToString(config), encoding="utf-8")
+        _replace_dir(tmp, target)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return target
+
+
+def parse_triton_config(path: Path) -> model_config_pb2.ModelConfig:
+    """Read a ``config.pbtxt`` into Triton's ``ModelConfig`` message.
+
+    Raises:
+        TritonExportError: the file is missing or is not a valid ModelConfig (unknown fields too).
+    """
+    if not path.is_file():
+        raise TritonExportError(f"Triton config {path} does not exist")
+    try:
+        return text_format.Parse(path.read_text(encoding="utf-8"), model_config_pb2.ModelConfig())
+    except text_format.ParseError as exc:
+        raise TritonExportError(f"{path} is not a valid Triton model config: {exc}") from None
+
+
+def _check_settings(model_name: str, max_batch_size: int, max_queue_delay_us: int,
+                    instances: int, kind: str) -> None:
+    if not model_name or model_name in {".", ".."} or "/" in model_name or "\\" in model_name:
+        raise TritonExportError(f"model_name {model_name!r} must be a plain folder name")
+    if max_batch_size < 1:
+        raise TritonExportError(f"max_batch_size={max_batch_size}: must be >= 1")
+    if max_queue_delay_us < 0:
+        raise TritonExportError(f"max_queue_delay_us={max_queue_delay_us}: must be >= 0")
+    if instances < 1:
+        raise TritonExportError(f"instances={instances}: must be >= 1")
+    if kind not in ("cpu", "gpu"):
+        raise TritonExportError(f"kind={kind!r}: must be 'cpu' or 'gpu'")
+
+
+def _check_graph(model: onnx.ModelProto, manifest: Mapping[str, Any], onnx_file: Path) -> None:
+    for key in ("inputs", "outputs", "labels"):
+        if key not in manifest:
+            raise TritonExportError(f"manifest has no {key!r}; is it a kiln model manifest?")
+    num_labels = len(manifest["labels"])
+    initializers = {t.name for t in model.graph.initializer}
+    graph_inputs = {v.name: v for v in model.graph.input if v.name not in initializers}
+    graph_outputs = {v.name: v for v in model.graph.output}
+    for role, specs, found in (("input", manifest["inputs"], graph_inputs),
+                               ("output", manifest["outputs"], graph_outputs)):
+        for spec in specs:
+            name, dtype, shape = spec["name"], spec["dtype"], spec["shape"]
+            if dtype not in _DTYPES:
+                raise TritonExportError(f"manifest {role} {name!r} has dtype {dtype!r}; "
+                                        f"Triton export supports {sorted(_DTYPES)}")
+            if name not in found:
+                raise TritonExportError(
+                    f"{onnx_file}: the manifest promises {role} tensor {name!r} but the ONNX "
+                    f"graph's {role}s are {sorted(found)}; re-export the model")
+            tensor_type = found[name].type.tensor_type
+            if tensor_type.elem_type != _DTYPES[dtype][0]:
+                actual = onnx.TensorProto.DataType.Name(tensor_type.elem_type)
+                raise TritonExportError(f"{onnx_file}: {role} tensor {name!r} is {actual} in "
+                                        f"the ONNX graph but {dtype} in the manifest")
+            if tensor_type.HasField("shape") and len(tensor_type.shape.dim) != len(shape):
+                raise TritonExportError(
+                    f"{onnx_file}: {role} tensor {name!r} has rank {len(tensor_type.shape.dim)} "
+                    f"in the ONNX graph but the manifest's shape is {shape}")
+    for spec in manifest["outputs"]:
+        if list(spec["shape"][1:]) != [num_labels]:
+            raise TritonExportError(f"manifest output {spec['name']!r} has shape {spec['shape']} "
+                                    f"but there are {num_labels} labels")
+    unknown = sorted(set(graph_inputs) - {spec["name"] for spec in manifest["inputs"]})
+    if unknown:
+        raise TritonExportError(f"{onnx_file}: the ONNX graph needs inputs {unknown} that the "
+                                f"manifest does not describe; re-export the model")
+
+
+def _dims(shape: Sequence[Any]) -> list[int]:
+    # The batch axis is implicit in Triton when max_batch_size > 0; named axes are dynamic (-1).
+    return [d if isinstance(d, int) else -1 for d in shape[1:]]
+
+
+def _preferred_batch_sizes(max_batch_size: int) -> list[int]:
+    return [1 << p for p in range(2, max_batch_size.bit_length()) if 1 << p <= max_batch_size]
+
+
+def _external_data_files(model: onnx.ModelProto, onnx_file: Path) -> list[str]:
+    """Relative paths of the external-data files the graph's tensors point to."""
+    locations = sorted({ExternalDataInfo(t).location for t in _all_tensors(model.graph)
+                        if uses_external_data(t)})
+    for location in locations:
+        if Path(location).is_absolute() or ".." in Path(location).parts:
+            raise TritonExportError(f"{onnx_file} keeps tensors in {location!r}; external data "
+                                    "must sit next to the model (a relative path inside its folder)")
+        if not (onnx_file.parent / location).is_file():
+            raise TritonExportError(f"{onnx_file} keeps tensors in {location!r}, which is missing "
+                                    f"from {onnx_file.parent}")
+    return locations
+
+
+def _all_tensors(graph: onnx.GraphProto) -> Iterator[onnx.TensorProto]:
+    yield from graph.initializer
+    for sparse in graph.sparse_initializer:
+        yield from (sparse.values, sparse.indices)
+    for node in graph.node:
+        for attribute in node.attribute:
+            if attribute.HasField("t"):
+                yield attribute.t
+            yield from attribute.tensors
+            if attribute.HasField("g"):
+                yield from _all_tensors(attribute.g)
+            for subgraph in attribute.graphs:
+                yield from _all_tensors(subgraph)
+
+
+def _replace_dir(tmp: Path, target: Path) -> None:
+    if target.exists():
+        old = target.with_name(f".tmp-old-{target.name}-{os.getpid()}")
+        os.rename(target, old)
+        os.rename(tmp, target)
+        shutil.rmtree(old)
+    else:
+        os.rename(tmp, target)

@@ -1,0 +1,20 @@
+"""One Predictor interface over inference backends (torch eager fp32/int8, ONNX Runtime)."""
+
+from kiln.runtime.backends import OrtBackend, TorchBackend, quantize_dynamic_int8
+from kiln.runtime.load import artifact_folder, list_artifacts, load_predictor, make_backend
+from kiln.runtime.predictor import Backend, Predictions, Predictor, pad_batch, softmax
+
+__all__ = [
+    "Backend",
+    "OrtBackend",
+    "Predictions",
+    "Predictor",
+    "TorchBackend",
+    "artifact_folder",
+    "list_artifacts",
+    "load_predictor",
+    "make_backend",
+    "pad_batch",
+    "quantize_dynamic_int8",
+    "softmax",
+]

@@ -1,0 +1,83 @@
+"""Backends: torch eager (fp32, dynamic int8) and ONNX Runtime (any ONNX artifact)."""
+
+from __future__ import annotations
+
+import os
+import warnings
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+
+class TorchBackend:
+    """The trained nn.Module in eval mode, optionally with dynamic int8 Linear layers."""
+
+    def __init__(self, model: nn.Module, *, int8: bool = False, threads: int | None = None) -> None:
+        if threads:
+            torch.set_num_threads(threads)
+        self.int8 = int8
+        self.model = quantize_dynamic_int8(model) if int8 else model.eval()
+        self.name = "torch-int8" if int8 else "torch-fp32"
+
+    @torch.inference_mode()
+    def run(self, input_ids: np.ndarray, attention_mask: np.ndarray) -> np.ndarray:
+        # The MultiheadAttention fast path cannot run quantised Linear layers; it is switched
+        # off only around int8 calls so that fp32 keeps it.
+        fastpath = torch.backends.mha.get_fastpath_enabled()
+        torch.backends.mha.set_fastpath_enabled(fastpath and not self.int8)
+        try:
+            logits = self.model(torch.from_numpy(input_ids), torch.from_numpy(attention_mask))
+        finally:
+            torch.backends.mha.set_fastpath_enabled(fastpath)
+        out: np.ndarray = logits.float().numpy()
+        return out
+
+    def info(self) -> dict[str, Any]:
+        return {"backend": "torch", "precision": "int8" if self.int8 else "fp32",
+                "threads": torch.get_num_threads(), "torch": str(torch.__version__)}
+
+
+def quantize_dynamic_int8(model: nn.Module) -> nn.Module:
+    """Dynamic int8 quantisation of every nn.Linear (weights int8, activations quantised per batch)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)  # torch.ao is deprecated upstream
+        warnings.simplefilter("ignore", UserWarning)
+        quantized: nn.Module = torch.ao.quantization.quantize_dynamic(
+            model.eval(), {nn.Linear}, dtype=torch.qint8)
+    return quantized
+
+
+class OrtBackend:
+    """An ONNX Runtime CPU (or CUDA) session over one ONNX file."""
+
+    def __init__(self, path: str | os.PathLike[str], *, threads: int | None = None,
+                 providers: list[str] | None = None) -> None:
+        import onnxruntime as ort
+
+        options = ort.SessionOptions()
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        if threads:
+            options.intra_op_num_threads = threads
+            options.inter_op_num_threads = 1
+        self.path = Path(path)
+        self.session = ort.InferenceSession(
+            str(self.path), options, providers=providers or ["CPUExecutionProvider"])
+        self.threads = threads
+        self.name = f"onnxruntime:{self.path.name}"
+        self._output = self.session.get_outputs()[0].name
+
+    def run(self, input_ids: np.ndarray, attention_mask: np.ndarray) -> np.ndarray:
+        (logits,) = self.session.run(
+            [self._output], {"input_ids": input_ids, "attention_mask": attention_mask})
+        out: np.ndarray = np.asarray(logits, dtype=np.float32)
+        return out
+
+    def info(self) -> dict[str, Any]:
+        import onnxruntime as ort
+
+        return {"backend": "onnxruntime", "file": self.path.name,
+                "providers": self.session.get_providers(),
+                "intra_op_threads": self.threads or "default", "onnxruntime": ort.__version__}

@@ -1,0 +1,71 @@
+"""Build a Predictor from a run, an export folder or a model folder, by artifact name."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+from tokenizers import Tokenizer
+
+from kiln.errors import RunDirError
+from kiln.models import MANIFEST, load_model_dir, read_manifest, verify_files
+from kiln.runtime.backends import OrtBackend, TorchBackend
+from kiln.runtime.predictor import Backend, Predictor
+
+
+def artifact_folder(path: str | os.PathLike[str]) -> Path:
+    """The folder holding artifacts: a run's export/ (else its model/), or ``path`` itself.
+
+    Raises:
+        RunDirError: no manifest found.
+    """
+    p = Path(path)
+    for candidate in (p / "export", p / "model", p):
+        if (candidate / MANIFEST).exists():
+            return candidate
+    raise RunDirError(f"{p} holds no kiln model: no {MANIFEST} in it, its export/ or its model/")
+
+
+def list_artifacts(folder: Path, manifest: dict[str, Any]) -> list[str]:
+    """Artifact names usable from ``folder``: the trained model and every exported artifact."""
+    return ["torch-fp32", *manifest.get("artifacts", {})]
+
+
+def load_predictor(
+    path: str | os.PathLike[str], artifact: str | None = None, *, threads: int | None = None,
+    allow_failed: bool = False,
+) -> Predictor:
+    """A Predictor over ``artifact`` (default: the export's recommended one, else torch-fp32).
+
+    Raises:
+        RunDirError: unknown artifact, a file that fails its checksum, or an artifact that failed
+            parity (unless ``allow_failed``).
+    """
+    folder = artifact_folder(path)
+    manifest = read_manifest(folder)
+    verify_files(folder, manifest)
+    name = artifact or manifest.get("export", {}).get("recommended") or "torch-fp32"
+    tokenizer = Tokenizer.from_file(str(folder / manifest["tokenizer"]))
+    backend = make_backend(folder, manifest, name, threads=threads, allow_failed=allow_failed)
+    return Predictor(backend=backend, tokenizer=tokenizer, label_names=list(manifest["labels"]),
+                     max_length=int(manifest["max_length"]),
+                     pad_id=int(manifest["model"]["kwargs"].get("pad_id", 0)))
+
+
+def make_backend(folder: Path, manifest: dict[str, Any], name: str, *, threads: int | None = None,
+                 allow_failed: bool = False) -> Backend:
+    artifacts = manifest.get("artifacts", {})
+    if name in ("torch-fp32", "torch-int8") and (name == "torch-fp32" or name in artifacts):
+        entry = artifacts.get(name, {"passed": True})
+    elif name in artifacts:
+        entry = artifacts[name]
+    else:
+        raise RunDirError(f"no artifact '{name}' in {folder}; available: "
+                          f"{list_artifacts(folder, manifest)}")
+    if not entry.get("passed", True) and not allow_failed:
+        raise RunDirError(f"artifact '{name}' in {folder} failed its parity check; see parity.json")
+    if name.startswith("torch"):
+        model = load_model_dir(folder).model
+        return TorchBackend(model, int8=name == "torch-int8", threads=threads)
+    return OrtBackend(folder / entry["file"], threads=threads)

@@ -1,0 +1,114 @@
+"""`kiln export` on a real (tiny) trained run: dynamic shapes, parity, the runtime, Triton."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+
+from kiln.config import load_config
+from kiln.errors import RunDirError
+from kiln.export import ARTIFACTS, export_run, parse_triton_config, triton_run
+from kiln.runtime import load_predictor
+from kiln.train import train
+from tests.conftest import tiny_overrides
+
+MAX_LENGTH = 48
+
+
+@pytest.fixture(scope="module")
+def exported_run(small_dataset: tuple[Path, Path], tmp_path_factory: pytest.TempPathFactory) -> Path:
+    run = tmp_path_factory.mktemp("exported") / "run"
+    train(load_config(overrides=tiny_overrides(*small_dataset, run, **{"train.epochs": 3})),
+          progress=False)
+    export_run(run)
+    return run
+
+
+def test_parity_json_covers_every_artifact_within_tolerance(exported_run: Path) -> None:
+    parity = json.loads((exported_run / "export" / "parity.json").read_text())
+    rows = {r["artifact"]: r for r in parity["artifacts"]}
+    assert set(rows) == set(ARTIFACTS)
+    for name, row in rows.items():
+        assert {"file", "max_abs_diff", "argmax_agreement", "accuracy", "passed"} <= set(row)
+        assert (exported_run / "export" / row["file"]).exists(), name
+        assert row["passed"], (name, row["failures"])
+    assert rows["onnx-fp32"]["max_abs_diff"] < 1e-4  # same math, different engine
+
+
+@pytest.mark.slow
+def test_onnx_artifacts_run_at_every_batch_and_length(exported_run: Path) -> None:
+    rng = np.random.default_rng(0)
+    for name in ("model.onnx", "model.opt.onnx", "model.int8.onnx", "model.int8-static.onnx"):
+        session = ort.InferenceSession(str(exported_run / "export" / name),
+                                       providers=["CPUExecutionProvider"])
+        for batch in (1, 7, 64):
+            for length in range(1, MAX_LENGTH + 1):
+                ids = rng.integers(5, 400, size=(batch, length), dtype=np.int64)
+                mask = np.ones_like(ids)
+                mask[0, (length + 1) // 2:] = 0
+                (logits,) = session.run(None, {"input_ids": ids, "attention_mask": mask})
+                assert logits.shape == (batch, 4) and np.isfinite(logits).all(), (name, batch, length)
+
+
+def test_predictor_uses_the_recommended_artifact_and_agrees_with_torch(exported_run: Path) -> None:
+    fast = load_predictor(exported_run)
+    assert fast.backend.name.startswith("onnxruntime:")
+    reference = load_predictor(exported_run, "torch-fp32")
+    texts = ["my parcel has not arrived yet", "i was charged twice for my invoice",
+             "the app keeps crashing after the update", "i need to change my password"]
+    a, b = fast.predict(texts), reference.predict(texts)
+    assert set(a.labels) <= {"account", "billing", "shipping", "technical"}
+    assert a.probabilities.shape == (4, 4)
+    np.testing.assert_allclose(a.probabilities.sum(-1), 1.0, rtol=1e-5)
+    np.testing.assert_allclose(a.logits, b.logits, atol=0.5)
+
+
+def test_tampered_artifact_is_refused(exported_run: Path, tmp_path: Path) -> None:
+    import shutil
+
+    copy = tmp_path / "copy"
+    shutil.copytree(exported_run / "export", copy)
+    with open(copy / "model.int8.onnx", "ab") as f:
+        f.write(b"\0")
+    with pytest.raises(RunDirError, match="model.int8.onnx does not match the checksum"):
+        load_predictor(copy, "onnx-int8-dynamic")
+
+
+def test_triton_repository_parses_and_names_files_that_exist(exported_run: Path) -> None:
+    folder = triton_run(exported_run, name="clf", max_batch_size=32)
+    config = parse_triton_config(folder / "config.pbtxt")
+    assert config.name == "clf" and config.platform == "onnxruntime_onnx"
+    assert config.max_batch_size == 32
+    assert [i.name for i in config.input] == ["input_ids", "attention_mask"]
+    assert list(config.output[0].dims) == [4]
+    assert (folder / "1" / "model.onnx").exists() and (folder / "tokenizer.json").exists()
+    session = ort.InferenceSession(str(folder / "1" / "model.onnx"), providers=["CPUExecutionProvider"])
+    ids = np.array([[2, 10, 11, 3]], dtype=np.int64)
+    assert session.run(None, {"input_ids": ids, "attention_mask": np.ones_like(ids)})[0].shape == (1, 4)
+
+
+@pytest.mark.slow
+def test_impossible_tolerance_fails_the_command_naming_artifact_and_metric(
+    exported_run: Path, cli_env: dict[str, str], tmp_path: Path
+) -> None:
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(exported_run, run)
+    done = subprocess.run(
+        [sys.executable, "-m", "kiln", "export", str(run), "--artifacts", "onnx-int8-dynamic",
+         "--min-agreement", "1.01"], capture_output=True, text=True, env=cli_env)
+    assert done.returncode == 1
+    assert "onnx-int8-dynamic (model.int8.onnx) failed parity: argmax agreement" in done.stderr
+    manifest = json.loads((run / "export" / "kiln.json").read_text())
+    assert manifest["artifacts"]["onnx-int8-dynamic"]["passed"] is False
+    with pytest.raises(RunDirError, match="failed its parity check"):
+        load_predictor(run, "onnx-int8-dynamic")
+    kept = subprocess.run(
+        [sys.executable, "-m", "kiln", "export", str(run), "--artifacts", "onnx-fp32",
+         "--min-agreement", "1.01", "--keep-failed"], capture_output=True, text=True, env=cli_env)
+    assert kept.returncode == 0
