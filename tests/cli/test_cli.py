@@ -41,7 +41,13 @@ def test_run_then_eval_on_files(small_dataset: tuple[Path, Path], tmp_path: Path
     run = tmp_path / "run"
     done = kiln("run", *tiny_overrides(*small_dataset, run, **{"train.epochs": 2}), env=cli_env)
     assert done.returncode == 0, done.stderr
-    assert f"model      {run / 'model'}" in done.stdout and "accuracy" in done.stdout
+    assert f"trained: {run / 'model'}" in done.stdout and "accuracy" in done.stdout
+    for stage in ("[2/4] exported and verified", "[3/4] Triton model repository", "[4/4] benchmark",
+                  "serve        "):
+        assert stage in done.stdout, stage
+    for name in ("export/parity.json", "export/model.onnx", "triton/run/config.pbtxt",
+                 "bench/report.json", "bench/report.md", "bench/latency.png"):
+        assert (run / name).exists(), name
     for name in ("config.yaml", "metrics.jsonl", "model/model.safetensors", "model/kiln.json",
                  "model/tokenizer.json"):
         assert (run / name).exists(), name
@@ -98,7 +104,8 @@ def test_eval_of_a_missing_run_exits_2(tmp_path: Path, cli_env: dict[str, str]) 
 @pytest.mark.slow
 def test_run_with_no_data_uses_the_built_in_dataset(tmp_path: Path, cli_env: dict[str, str]) -> None:
     run = tmp_path / "run"
-    done = kiln("run", f"run_dir={run}", "model.preset=tiny", "train.epochs=1", env=cli_env)
+    done = kiln("run", f"run_dir={run}", "model.preset=tiny", "train.epochs=1", "--no-bench",
+                env=cli_env)
     assert done.returncode == 0, done.stderr
     assert (run / "data" / "train.csv").exists() and (run / "data" / "eval.csv").exists()
     assert "accuracy" in done.stdout

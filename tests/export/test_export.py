@@ -9,23 +9,11 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 
-from kiln.config import load_config
 from kiln.errors import RunDirError
-from kiln.export import ARTIFACTS, export_run, parse_triton_config, triton_run
+from kiln.export import ARTIFACTS, parse_triton_config, triton_run
 from kiln.runtime import load_predictor
-from kiln.train import train
-from tests.conftest import tiny_overrides
 
 MAX_LENGTH = 48
-
-
-@pytest.fixture(scope="module")
-def exported_run(small_dataset: tuple[Path, Path], tmp_path_factory: pytest.TempPathFactory) -> Path:
-    run = tmp_path_factory.mktemp("exported") / "run"
-    train(load_config(overrides=tiny_overrides(*small_dataset, run, **{"train.epochs": 3})),
-          progress=False)
-    export_run(run)
-    return run
 
 
 def test_parity_json_covers_every_artifact_within_tolerance(exported_run: Path) -> None:
