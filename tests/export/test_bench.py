@@ -19,7 +19,7 @@ def test_report_has_every_passed_artifact_against_the_eager_baseline(exported_ru
         for key in ("latency_b1_fixed", "latency_b1_real"):
             assert 0 < r[key]["p50_ms"] <= r[key]["p95_ms"] <= r[key]["p99_ms"], (name, key)
         assert r["throughput_real"]["samples_per_s"] > 0
-        assert r["info"]["backend"] in ("torch", "onnxruntime")
+        assert r["info"]["backend"] in ("torch", "onnxruntime", "openvino")
     assert report["ratios"]["torch-fp32"]["p50_real_vs_eager_real"] == 1.0
     assert report["recommended"] in report["results"]
     saved = json.loads((exported_run / "bench" / "report.json").read_text())

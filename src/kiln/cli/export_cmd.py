@@ -16,8 +16,9 @@ def add_parser(sub: Any) -> None:
                             "with the trained model on the run's evaluation set (parity.json); one "
                             "outside tolerance fails the command unless --keep-failed.")
     parser.add_argument("run", metavar="RUN", help="a trained run directory")
-    parser.add_argument("--artifacts", nargs="+", choices=ARTIFACTS, default=list(ARTIFACTS),
-                        metavar="NAME", help=f"what to build (default: all of {', '.join(ARTIFACTS)})")
+    parser.add_argument("--artifacts", nargs="+", choices=ARTIFACTS, metavar="NAME",
+                        help=f"what to build, from {', '.join(ARTIFACTS)} (default: all; the "
+                        "openvino ones need the kiln[openvino] extra)")
     parser.add_argument("--max-accuracy-drop", type=float, default=0.5, metavar="POINTS",
                         help="fail an artifact whose accuracy is lower by more (default 0.5)")
     parser.add_argument("--min-agreement", type=float, default=0.99, metavar="FRACTION",

@@ -24,20 +24,39 @@ from kiln.export.onnx_optimize import (
     quantize_dynamic_int8,
     quantize_static_int8,
 )
+from kiln.export.openvino_export import (
+    convert_openvino,
+    openvino_available,
+    quantize_openvino_int8,
+)
 from kiln.export.parity import EvalBatch, Parity, Tolerance, measure_parity, run_backend
 from kiln.models import MANIFEST, file_digest, load_model_dir
-from kiln.runtime.backends import OrtBackend, TorchBackend
+from kiln.runtime.backends import OpenVinoBackend, OrtBackend, TorchBackend
 from kiln.runtime.predictor import Backend
 
 ARTIFACTS = ("torch-int8", "onnx-fp32", "onnx-opt", "onnx-int8-dynamic", "onnx-int8-static",
-             "onnx-fp16")
+             "onnx-fp16", "openvino-fp32", "openvino-int8")
 # Without benchmark numbers, the artifact expected to be fastest on a CPU comes first.
-PREFERENCE = ("onnx-int8-dynamic", "onnx-int8-static", "onnx-opt", "onnx-fp32", "torch-int8")
+PREFERENCE = ("openvino-int8", "onnx-int8-dynamic", "onnx-int8-static", "onnx-opt", "onnx-fp32",
+              "openvino-fp32", "torch-int8")
 FILES = {"torch-int8": "model.safetensors", "onnx-fp32": "model.onnx", "onnx-opt": "model.opt.onnx",
          "onnx-int8-dynamic": "model.int8.onnx", "onnx-int8-static": "model.int8-static.onnx",
-         "onnx-fp16": "model.fp16.onnx"}
+         "onnx-fp16": "model.fp16.onnx", "openvino-fp32": "model.ov.xml",
+         "openvino-int8": "model.ov-int8.xml"}
 PRECISION = {"torch-int8": "int8", "onnx-fp32": "fp32", "onnx-opt": "fp32",
-             "onnx-int8-dynamic": "int8", "onnx-int8-static": "int8", "onnx-fp16": "fp16"}
+             "onnx-int8-dynamic": "int8", "onnx-int8-static": "int8", "onnx-fp16": "fp16",
+             "openvino-fp32": "fp32", "openvino-int8": "int8"}
+
+
+def backend_of(artifact: str) -> str:
+    """The runtime that runs ``artifact``: torch, onnxruntime or openvino."""
+    return {"torch": "torch", "onnx": "onnxruntime", "openvino": "openvino"}[artifact.split("-")[0]]
+
+
+def default_artifacts() -> tuple[str, ...]:
+    """Every artifact this installation can build (OpenVINO needs the kiln[openvino] extra)."""
+    return ARTIFACTS if openvino_available() else tuple(
+        a for a in ARTIFACTS if not a.startswith("openvino"))
 PARITY_FILE = "parity.json"
 
 
@@ -56,7 +75,7 @@ class ExportReport:
 
 def export_run(
     run_dir: str | os.PathLike[str], *, tolerance: Tolerance = Tolerance(),
-    artifacts: Sequence[str] = ARTIFACTS, calibration_samples: int = 256,
+    artifacts: Sequence[str] | None = None, calibration_samples: int = 256,
 ) -> ExportReport:
     """Export, quantise and verify every artifact of a trained run into ``run_dir/export``.
 
@@ -66,9 +85,12 @@ def export_run(
         RunDirError: the run has no trained model or config. ExportError: an export is broken.
     """
     run = Path(run_dir)
+    artifacts = list(artifacts or default_artifacts())
     unknown = sorted(set(artifacts) - set(ARTIFACTS))
     if unknown:
         raise RunDirError(f"unknown artifacts {unknown}; choose from {list(ARTIFACTS)}")
+    if any(a.startswith("openvino") for a in artifacts) and not openvino_available():
+        raise RunDirError("OpenVINO artifacts need the optional extra: pip install 'kiln[openvino]'")
     if not (run / "config.yaml").exists() or not (run / "model" / MANIFEST).exists():
         raise RunDirError(f"{run} is not a finished kiln run (config.yaml and model/{MANIFEST} "
                           "are needed); train it first")
@@ -90,7 +112,7 @@ def export_run(
             "torch-int8": lambda: TorchBackend(copy.deepcopy(loaded.model), int8=True),
         }
         onnx_path = work / FILES["onnx-fp32"]
-        needs_onnx = any(a.startswith("onnx") for a in artifacts)
+        needs_onnx = any(not a.startswith("torch") for a in artifacts)
         if needs_onnx:
             export_onnx(loaded.model, onnx_path, int(loaded.manifest["max_length"]))
         if "onnx-opt" in artifacts or "onnx-int8-dynamic" in artifacts:
@@ -103,9 +125,14 @@ def export_run(
                                  calibration_batches(data.train, pad, calibration_samples))
         if "onnx-fp16" in artifacts:
             convert_fp16(onnx_path, work / FILES["onnx-fp16"])
+        if any(a.startswith("openvino") for a in artifacts):
+            convert_openvino(onnx_path, work / FILES["openvino-fp32"])
+        if "openvino-int8" in artifacts:
+            quantize_openvino_int8(work / FILES["openvino-fp32"], work / FILES["openvino-int8"],
+                                   calibration_batches(data.train, pad, calibration_samples))
         for name in ARTIFACTS:
-            if name.startswith("onnx"):
-                builders[name] = _ort_builder(work / FILES[name])
+            if backend_of(name) != "torch":
+                builders[name] = _file_builder(name, work / FILES[name])
 
         results = []
         for name in artifacts:
@@ -115,6 +142,7 @@ def export_run(
         for name in ARTIFACTS:  # files built only as an intermediate step are not shipped
             if name not in artifacts and name != "torch-int8":
                 (work / FILES[name]).unlink(missing_ok=True)
+                (work / FILES[name]).with_suffix(".bin").unlink(missing_ok=True)
         recommended = next((n for n in PREFERENCE for r in results if r.artifact == n and r.passed),
                            None)
         _write_json(work / PARITY_FILE, {"reference": {"artifact": "torch-fp32",
@@ -138,7 +166,9 @@ def export_run(
     return ExportReport(final, reference_accuracy, results, recommended, fused)
 
 
-def _ort_builder(path: Path) -> Callable[[], Backend]:
+def _file_builder(name: str, path: Path) -> Callable[[], Backend]:
+    if backend_of(name) == "openvino":
+        return lambda: OpenVinoBackend(path)
     return lambda: OrtBackend(path)
 
 
@@ -174,7 +204,7 @@ def _export_manifest(
     manifest["artifacts"] = {
         r.artifact: {
             "file": r.file,
-            "backend": "torch" if r.artifact.startswith("torch") else "onnxruntime",
+            "backend": backend_of(r.artifact),
             "precision": PRECISION[r.artifact],
             "passed": r.passed,
             "accuracy": r.accuracy,

@@ -81,3 +81,30 @@ class OrtBackend:
         return {"backend": "onnxruntime", "file": self.path.name,
                 "providers": self.session.get_providers(),
                 "intra_op_threads": self.threads or "default", "onnxruntime": ort.__version__}
+
+
+class OpenVinoBackend:
+    """An OpenVINO CPU compiled model over an IR file (optional extra ``kiln[openvino]``)."""
+
+    def __init__(self, xml: str | os.PathLike[str], *, threads: int | None = None) -> None:
+        import openvino as ov
+
+        config: dict[str, Any] = {"PERFORMANCE_HINT": "LATENCY"}
+        if threads:
+            config["INFERENCE_NUM_THREADS"] = threads
+        self.path = Path(xml)
+        self.compiled = ov.Core().compile_model(str(self.path), "CPU", config)
+        self.request = self.compiled.create_infer_request()
+        self.threads = threads
+        self.name = f"openvino:{self.path.name}"
+
+    def run(self, input_ids: np.ndarray, attention_mask: np.ndarray) -> np.ndarray:
+        result = self.request.infer({"input_ids": input_ids, "attention_mask": attention_mask})
+        out: np.ndarray = np.asarray(result[self.compiled.output(0)], dtype=np.float32)
+        return out
+
+    def info(self) -> dict[str, Any]:
+        import openvino as ov
+
+        return {"backend": "openvino", "file": self.path.name, "threads": self.threads or "default",
+                "openvino": ov.__version__}

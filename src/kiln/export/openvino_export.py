@@ -1,0 +1,69 @@
+"""OpenVINO IR for Intel CPUs: fp32, and int8 by NNCF post-training quantisation (optional extra
+``kiln[openvino]``).
+
+NNCF's transformer preset applies SmoothQuant by default; on the reference model that cost 2.9
+points of argmax agreement (../shared/FINDINGS.md) while SmoothQuant off kept 99.4%, so kiln turns
+it off, and the parity gate still measures the result like any other artifact.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+import warnings
+from collections.abc import Iterable
+from pathlib import Path
+
+import numpy as np
+
+
+def openvino_available() -> bool:
+    try:
+        import nncf  # noqa: F401
+        import openvino  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def convert_openvino(onnx_file: Path, xml: Path) -> Path:
+    """ONNX -> OpenVINO IR (``xml`` plus its ``.bin``), dynamic axes kept, fp32 weights."""
+    import openvino as ov
+
+    model = ov.convert_model(str(onnx_file))
+    ov.save_model(model, str(xml), compress_to_fp16=False)
+    return xml
+
+
+def quantize_openvino_int8(
+    xml: Path, out_xml: Path, calibration: Iterable[dict[str, np.ndarray]],
+    smooth_quant: bool = False,
+) -> Path:
+    """NNCF post-training int8 quantisation with the transformer preset, calibrated on
+    ``calibration`` batches; SmoothQuant off unless asked for."""
+    import nncf
+    import openvino as ov
+    from nncf.quantization.advanced_parameters import (
+        AdvancedQuantizationParameters,
+        AdvancedSmoothQuantParameters,
+    )
+
+    items = list(calibration)
+    advanced = None if smooth_quant else AdvancedQuantizationParameters(
+        smooth_quant_alphas=AdvancedSmoothQuantParameters(matmul=-1))
+    level = logging.getLogger("nncf").level
+    nncf.set_log_level(logging.ERROR)
+    try:
+        # NNCF draws progress bars on stdout/stderr; kiln prints its own summary instead
+        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()), \
+                contextlib.redirect_stderr(io.StringIO()):
+            warnings.simplefilter("ignore")
+            quantized = nncf.quantize(
+                ov.Core().read_model(str(xml)), nncf.Dataset(items), subset_size=len(items),
+                model_type=nncf.ModelType.TRANSFORMER, advanced_parameters=advanced,
+            )
+    finally:
+        nncf.set_log_level(level or logging.INFO)
+    ov.save_model(quantized, str(out_xml), compress_to_fp16=False)
+    return out_xml
