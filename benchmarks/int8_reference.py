@@ -23,7 +23,11 @@ import torch
 
 from kiln.export.onnx_export import export_onnx
 from kiln.export.onnx_optimize import optimize_for_ort, quantize_dynamic_int8
-from kiln.export.openvino_export import convert_openvino, openvino_available, quantize_openvino_int8
+from kiln.export.openvino_export import (
+    convert_openvino,
+    openvino_available,
+    quantize_openvino_int8,
+)
 from kiln.models import TransformerClassifier
 from kiln.runtime import OpenVinoBackend, OrtBackend, TorchBackend
 

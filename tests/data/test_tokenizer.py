@@ -3,8 +3,14 @@ from pathlib import Path
 import pytest
 
 from kiln.config import TokenizerConfig
-from kiln.data import encode_texts, load_tokenizer, pad_id, save_tokenizer, train_tokenizer
-from kiln.data import builtin
+from kiln.data import (
+    builtin,
+    encode_texts,
+    load_tokenizer,
+    pad_id,
+    save_tokenizer,
+    train_tokenizer,
+)
 
 
 @pytest.mark.parametrize("kind", ["wordpiece", "bpe"])

@@ -20,6 +20,7 @@ from kiln.bench.plots import write_plots
 from kiln.config import load_config
 from kiln.data import prepare_data
 from kiln.errors import RunDirError
+from kiln.files import replace_dir
 from kiln.models import MANIFEST, read_manifest
 from kiln.runtime.load import make_backend
 from kiln.runtime.predictor import pad_batch
@@ -149,9 +150,7 @@ def _write_report(target: Path, report: dict[str, Any]) -> None:
         (tmp / "report.json").write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
         (tmp / "report.md").write_text(format_report(report), encoding="utf-8")
         write_plots(report, tmp)
-        if target.exists():
-            shutil.rmtree(target)
-        tmp.rename(target)
+        replace_dir(tmp, target)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

@@ -11,7 +11,13 @@ from kiln.data.batching import (
 from kiln.data.labels import encode_labels, infer_label_names
 from kiln.data.prepare import PreparedData, prepare_data
 from kiln.data.readers import RawExample, read_examples, split_holdout
-from kiln.data.tokenizer import encode_texts, load_tokenizer, pad_id, save_tokenizer, train_tokenizer
+from kiln.data.tokenizer import (
+    encode_texts,
+    load_tokenizer,
+    pad_id,
+    save_tokenizer,
+    train_tokenizer,
+)
 
 __all__ = [
     "Batch",

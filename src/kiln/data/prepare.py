@@ -12,7 +12,12 @@ from kiln.data import builtin
 from kiln.data.batching import EncodedDataset
 from kiln.data.labels import encode_labels, infer_label_names
 from kiln.data.readers import RawExample, read_examples, split_holdout
-from kiln.data.tokenizer import encode_texts, load_tokenizer, save_tokenizer, train_tokenizer
+from kiln.data.tokenizer import (
+    encode_texts,
+    load_tokenizer,
+    save_tokenizer,
+    train_tokenizer,
+)
 
 
 @dataclass(frozen=True)

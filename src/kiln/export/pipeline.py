@@ -30,6 +30,7 @@ from kiln.export.openvino_export import (
     quantize_openvino_int8,
 )
 from kiln.export.parity import EvalBatch, Parity, Tolerance, measure_parity, run_backend
+from kiln.files import replace_dir
 from kiln.models import MANIFEST, file_digest, load_model_dir
 from kiln.runtime.backends import OpenVinoBackend, OrtBackend, TorchBackend
 from kiln.runtime.predictor import Backend
@@ -153,13 +154,7 @@ def export_run(
                                     reference_accuracy, fused)
         _write_json(work / MANIFEST, manifest)
         final = run / "export"
-        if final.exists():
-            old = run / f".tmp-old-export-{os.getpid()}"
-            final.rename(old)
-            work.rename(final)
-            shutil.rmtree(old)
-        else:
-            work.rename(final)
+        replace_dir(work, final)
     except BaseException:
         shutil.rmtree(work, ignore_errors=True)
         raise

@@ -9,7 +9,6 @@ so a field Triton does not know cannot get in.
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import tempfile
 from collections.abc import Iterator, Mapping, Sequence
@@ -22,6 +21,7 @@ from onnx.external_data_helper import ExternalDataInfo, uses_external_data
 from tritonclient.grpc import model_config_pb2
 
 from kiln.errors import KilnError
+from kiln.files import replace_dir
 from kiln.models.package import MANIFEST, TOKENIZER, file_digest
 
 CONFIG = "config.pbtxt"
@@ -129,7 +129,7 @@ def write_triton_repository(
         body["files"] = {f: file_digest(tmp / f) for f in files}
         (tmp / MANIFEST).write_text(json.dumps(body, indent=2) + "\n", encoding="utf-8")
         (tmp / CONFIG).write_text(text_format.MessageToString(config), encoding="utf-8")
-        _replace_dir(tmp, target)
+        replace_dir(tmp, target)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -238,13 +238,3 @@ def _all_tensors(graph: onnx.GraphProto) -> Iterator[onnx.TensorProto]:
                 yield from _all_tensors(attribute.g)
             for subgraph in attribute.graphs:
                 yield from _all_tensors(subgraph)
-
-
-def _replace_dir(tmp: Path, target: Path) -> None:
-    if target.exists():
-        old = target.with_name(f".tmp-old-{target.name}-{os.getpid()}")
-        os.rename(target, old)
-        os.rename(tmp, target)
-        shutil.rmtree(old)
-    else:
-        os.rename(tmp, target)

@@ -24,6 +24,7 @@ from tokenizers import Tokenizer
 from torch import nn
 
 from kiln.errors import RunDirError
+from kiln.files import replace_dir
 from kiln.models.registry import build_model
 
 MANIFEST = "kiln.json"
@@ -102,13 +103,7 @@ def save_model_dir(
         body = dict(manifest)
         body["files"] = {f: file_digest(tmp / f) for f in (WEIGHTS, TOKENIZER)}
         (tmp / MANIFEST).write_text(json.dumps(body, indent=2) + "\n", encoding="utf-8")
-        if directory.exists():
-            old = directory.with_name(f".tmp-old-{directory.name}-{os.getpid()}")
-            os.rename(directory, old)
-            os.rename(tmp, directory)
-            shutil.rmtree(old)
-        else:
-            os.rename(tmp, directory)
+        replace_dir(tmp, directory)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

@@ -1,7 +1,17 @@
 """One Predictor interface over inference backends (torch eager fp32/int8, ONNX Runtime)."""
 
-from kiln.runtime.backends import OpenVinoBackend, OrtBackend, TorchBackend, quantize_dynamic_int8
-from kiln.runtime.load import artifact_folder, list_artifacts, load_predictor, make_backend
+from kiln.runtime.backends import (
+    OpenVinoBackend,
+    OrtBackend,
+    TorchBackend,
+    quantize_dynamic_int8,
+)
+from kiln.runtime.load import (
+    artifact_folder,
+    list_artifacts,
+    load_predictor,
+    make_backend,
+)
 from kiln.runtime.predictor import Backend, Predictions, Predictor, pad_batch, softmax
 
 __all__ = [

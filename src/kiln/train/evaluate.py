@@ -11,8 +11,15 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from kiln.data import Batch, EncodedDataset, PadCollator, SortedBatchSampler, encode_labels
-from kiln.data import encode_texts, read_examples
+from kiln.data import (
+    Batch,
+    EncodedDataset,
+    PadCollator,
+    SortedBatchSampler,
+    encode_labels,
+    encode_texts,
+    read_examples,
+)
 from kiln.models import load_model_dir, resolve_model_dir
 from kiln.train.metrics import EvalResult, summarize
 

@@ -20,9 +20,21 @@ from torch import nn
 from torch.nn import functional as F
 
 from kiln.config import Config
-from kiln.data import Batch, EpochBatchSampler, SortedBatchSampler, make_loader, pad_id, prepare_data
+from kiln.data import (
+    Batch,
+    EpochBatchSampler,
+    SortedBatchSampler,
+    make_loader,
+    pad_id,
+    prepare_data,
+)
 from kiln.models import build_manifest, build_model, model_kwargs, save_model_dir
-from kiln.train.checkpoint import load_checkpoint, save_checkpoint, save_safetensors, write_atomic
+from kiln.train.checkpoint import (
+    load_checkpoint,
+    save_checkpoint,
+    save_safetensors,
+    write_atomic,
+)
 from kiln.train.evaluate import evaluate
 from kiln.train.logger import RunLogger
 from kiln.train.metrics import EvalResult
