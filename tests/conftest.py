@@ -8,7 +8,10 @@ from pathlib import Path
 import pytest
 import torch
 
+from kiln.config import load_config
 from kiln.data import builtin
+from kiln.export import export_run
+from kiln.train import train
 
 # Keep tests predictable on a 2-core machine: one intra-op thread per test process.
 torch.set_num_threads(1)
@@ -49,3 +52,12 @@ def cli_env() -> dict[str, str]:
     env["OMP_NUM_THREADS"] = "1"
     env["PYTHONWARNINGS"] = "error::UserWarning:kiln"
     return env
+
+
+@pytest.fixture(scope="session")
+def exported_run(small_dataset: tuple[Path, Path], tmp_path_factory: pytest.TempPathFactory) -> Path:
+    run = tmp_path_factory.mktemp("exported") / "run"
+    train(load_config(overrides=tiny_overrides(*small_dataset, run, **{"train.epochs": 3})),
+          progress=False)
+    export_run(run)
+    return run

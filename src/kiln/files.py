@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import tempfile
 from pathlib import Path
 
 
@@ -19,3 +20,27 @@ def replace_dir(tmp: Path, target: Path) -> None:
         shutil.rmtree(old)
     else:
         os.rename(tmp, target)
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def temp_dir(parent: Path, prefix: str) -> Path:
+    """A new temporary folder in ``parent`` with the permissions of an ordinary folder.
+
+    tempfile.mkdtemp makes folders private (0700); renamed into place they would stay unreadable
+    to the other users of a model (a server running as another user, say).
+    """
+    path = Path(tempfile.mkdtemp(dir=parent, prefix=prefix))
+    path.chmod(0o777 & ~_umask())
+    return path
+
+
+def temp_file(parent: Path, prefix: str) -> tuple[int, Path]:
+    """Like tempfile.mkstemp, with the permissions of an ordinary file instead of 0600."""
+    fd, name = tempfile.mkstemp(dir=parent, prefix=prefix, suffix=".tmp")
+    os.chmod(name, 0o666 & ~_umask())
+    return fd, Path(name)

@@ -6,7 +6,6 @@ import json
 import os
 import platform
 import shutil
-import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,7 +19,7 @@ from kiln.bench.plots import write_plots
 from kiln.config import load_config
 from kiln.data import prepare_data
 from kiln.errors import RunDirError
-from kiln.files import replace_dir
+from kiln.files import replace_dir, temp_dir
 from kiln.models import MANIFEST, read_manifest
 from kiln.runtime.load import make_backend
 from kiln.runtime.predictor import pad_batch
@@ -145,7 +144,7 @@ def format_report(report: dict[str, Any]) -> str:
 
 def _write_report(target: Path, report: dict[str, Any]) -> None:
     target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=".tmp-bench-"))
+    tmp = temp_dir(target.parent, ".tmp-bench-")
     try:
         (tmp / "report.json").write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
         (tmp / "report.md").write_text(format_report(report), encoding="utf-8")

@@ -8,10 +8,10 @@ import traceback
 from collections.abc import Sequence
 
 import kiln
-from kiln.cli import bench_cmd, eval_cmd, export_cmd, run_cmd, train_cmd, triton_cmd
+from kiln.cli import bench_cmd, eval_cmd, export_cmd, run_cmd, serve_cmd, train_cmd, triton_cmd
 from kiln.errors import KilnError
 
-SUBCOMMANDS = (train_cmd, run_cmd, eval_cmd, export_cmd, triton_cmd, bench_cmd)
+SUBCOMMANDS = (train_cmd, run_cmd, eval_cmd, export_cmd, triton_cmd, bench_cmd, serve_cmd)
 
 
 def build_parser() -> argparse.ArgumentParser:

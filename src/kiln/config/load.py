@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import difflib
 import os
-import tempfile
 import typing
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
@@ -15,6 +14,7 @@ from pydantic import BaseModel, ValidationError
 
 from kiln.config.schema import Config
 from kiln.errors import ConfigError
+from kiln.files import temp_file
 
 
 def load_config(
@@ -160,7 +160,7 @@ def dump_config(cfg: Config, path: str | os.PathLike[str], versions: Mapping[str
 def write_text_atomic(path: Path, text: str) -> None:
     """Write ``text`` so that a reader sees the old file or the new one, never half of one."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    fd, tmp = temp_file(path.parent, f".{path.name}.")
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as f:
             f.write(text)

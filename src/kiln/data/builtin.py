@@ -14,9 +14,10 @@ from __future__ import annotations
 import csv
 import os
 import random
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+
+from kiln.files import temp_file
 
 LABEL_NAMES: tuple[str, ...] = ("billing", "shipping", "technical", "account")
 
@@ -222,7 +223,7 @@ def write_csv(rows: list[tuple[str, str]], path: str | os.PathLike[str]) -> None
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
     # Temp file in the same directory so os.replace is an atomic rename, never a copy.
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    fd, tmp = temp_file(target.parent, f".{target.name}.")
     try:
         with os.fdopen(fd, "w", encoding="utf-8", newline="") as handle:
             writer = csv.writer(handle)

@@ -6,7 +6,6 @@ import copy
 import json
 import os
 import shutil
-import tempfile
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,7 +29,7 @@ from kiln.export.openvino_export import (
     quantize_openvino_int8,
 )
 from kiln.export.parity import EvalBatch, Parity, Tolerance, measure_parity, run_backend
-from kiln.files import replace_dir
+from kiln.files import replace_dir, temp_dir
 from kiln.models import MANIFEST, file_digest, load_model_dir
 from kiln.runtime.backends import OpenVinoBackend, OrtBackend, TorchBackend
 from kiln.runtime.predictor import Backend
@@ -104,7 +103,7 @@ def export_run(
     reference = run_backend(TorchBackend(loaded.model), batches)
     reference_accuracy = float((reference.argmax(-1) == labels).mean())
 
-    work = Path(tempfile.mkdtemp(dir=run, prefix=".tmp-export-"))
+    work = temp_dir(run, ".tmp-export-")
     try:
         shutil.copy2(run / "model" / "model.safetensors", work / "model.safetensors")
         shutil.copy2(run / "model" / "tokenizer.json", work / "tokenizer.json")

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import tempfile
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal
@@ -21,7 +20,7 @@ from onnx.external_data_helper import ExternalDataInfo, uses_external_data
 from tritonclient.grpc import model_config_pb2
 
 from kiln.errors import KilnError
-from kiln.files import replace_dir
+from kiln.files import replace_dir, temp_dir
 from kiln.models.package import MANIFEST, TOKENIZER, file_digest
 
 CONFIG = "config.pbtxt"
@@ -111,7 +110,7 @@ def write_triton_repository(
 
     target = out_dir / model_name
     out_dir.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=out_dir, prefix=f".tmp-{model_name}-"))
+    tmp = temp_dir(out_dir, f".tmp-{model_name}-")
     try:
         version = tmp / VERSION
         version.mkdir()

@@ -12,7 +12,6 @@ import json
 import os
 import platform
 import shutil
-import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,7 +23,7 @@ from tokenizers import Tokenizer
 from torch import nn
 
 from kiln.errors import RunDirError
-from kiln.files import replace_dir
+from kiln.files import replace_dir, temp_dir
 from kiln.models.registry import build_model
 
 MANIFEST = "kiln.json"
@@ -95,7 +94,7 @@ def save_model_dir(
     The folder is assembled under a temporary name and renamed into place, replacing any older one.
     """
     directory.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=directory.parent, prefix=f".tmp-{directory.name}-"))
+    tmp = temp_dir(directory.parent, f".tmp-{directory.name}-")
     try:
         save_file({k: v.detach().cpu().contiguous().clone() for k, v in state.items()},
                   str(tmp / WEIGHTS))

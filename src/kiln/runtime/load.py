@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 from typing import Any
@@ -36,7 +37,8 @@ def load_predictor(
     path: str | os.PathLike[str], artifact: str | None = None, *, threads: int | None = None,
     allow_failed: bool = False,
 ) -> Predictor:
-    """A Predictor over ``artifact`` (default: the export's recommended one, else torch-fp32).
+    """A Predictor over ``artifact``; by default the one `kiln bench` measured fastest, else the
+    export's recommended one, else torch-fp32.
 
     Raises:
         RunDirError: unknown artifact, a file that fails its checksum, or an artifact that failed
@@ -45,12 +47,26 @@ def load_predictor(
     folder = artifact_folder(path)
     manifest = read_manifest(folder)
     verify_files(folder, manifest)
-    name = artifact or manifest.get("export", {}).get("recommended") or "torch-fp32"
+    name = (artifact or _benchmarked_choice(folder, manifest)
+            or manifest.get("export", {}).get("recommended") or "torch-fp32")
     tokenizer = Tokenizer.from_file(str(folder / manifest["tokenizer"]))
     backend = make_backend(folder, manifest, name, threads=threads, allow_failed=allow_failed)
     return Predictor(backend=backend, tokenizer=tokenizer, label_names=list(manifest["labels"]),
                      max_length=int(manifest["max_length"]),
                      pad_id=int(manifest["model"]["kwargs"].get("pad_id", 0)))
+
+
+def _benchmarked_choice(folder: Path, manifest: dict[str, Any]) -> str | None:
+    """The artifact `kiln bench` measured fastest for this export, if it was benchmarked."""
+    report = folder.parent / "bench" / "report.json"
+    if folder.name != "export" or not report.exists():
+        return None
+    try:
+        choice = json.loads(report.read_text(encoding="utf-8")).get("recommended")
+    except (OSError, json.JSONDecodeError):
+        return None
+    entry = manifest.get("artifacts", {}).get(choice)
+    return choice if choice == "torch-fp32" or (entry and entry.get("passed")) else None
 
 
 def make_backend(folder: Path, manifest: dict[str, Any], name: str, *, threads: int | None = None,

@@ -10,7 +10,6 @@ from __future__ import annotations
 import os
 import re
 import shutil
-import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -19,6 +18,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from kiln.config import write_text_atomic
+from kiln.files import temp_dir, temp_file
 
 CHECKPOINTS = "checkpoints"
 LATEST = "latest"
@@ -46,7 +46,7 @@ def save_checkpoint(
     root = run_dir / CHECKPOINTS
     root.mkdir(parents=True, exist_ok=True)
     final = checkpoint_dir(run_dir, step)
-    tmp = Path(tempfile.mkdtemp(dir=root, prefix=f".tmp-{final.name}-"))
+    tmp = temp_dir(root, f".tmp-{final.name}-")
     try:
         save_safetensors(model_state, tmp / "model.safetensors")
         torch.save(optimizer_state, tmp / "optimizer.pt")
@@ -112,9 +112,8 @@ def save_safetensors(state: dict[str, torch.Tensor], path: Path) -> None:
 def write_atomic(path: Path, write: Callable[[Path], None]) -> None:
     """Call ``write(tmp)`` then rename ``tmp`` over ``path``."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    fd, tmp = temp_file(path.parent, f".{path.name}.")
     os.close(fd)
-    tmp = Path(name)
     try:
         write(tmp)
         _fsync_file(tmp)

@@ -1,0 +1,66 @@
+"""`kiln serve`: serve a run's verified artifact over the Open Inference Protocol (KServe v2)."""
+
+from __future__ import annotations
+
+import argparse
+import os
+from pathlib import Path
+from typing import Any
+
+from kiln.errors import KilnError
+
+HELP = "serve a run (or export/model folder) over the Open Inference Protocol (KServe v2)"
+LOCAL_HOSTS = {"127.0.0.1", "localhost", "::1"}
+
+
+def add_parser(sub: Any) -> None:
+    parser = sub.add_parser("serve", help=HELP, description=HELP + ", with dynamic batching, "
+                            "Prometheus metrics at /metrics and bounded queues (503 when full).")
+    parser.add_argument("path", metavar="PATH", help="run directory, export/ or model/ folder")
+    parser.add_argument("--host", default="127.0.0.1", help="bind address (default 127.0.0.1)")
+    parser.add_argument("--port", type=int, default=8000, help="port (default 8000)")
+    parser.add_argument("--name", help="model name (default: the run folder's name)")
+    parser.add_argument("--artifact", help="artifact to serve (default: the recommended one)")
+    parser.add_argument("--max-batch-size", type=int, default=32)
+    parser.add_argument("--max-queue-delay-ms", type=float, default=2.0,
+                        help="longest wait to fill a batch (default 2 ms)")
+    parser.add_argument("--max-queue-size", type=int, default=512,
+                        help="texts waiting before new requests get 503 (default 512)")
+    parser.add_argument("--instances", type=int, default=1, help="batches run at once (default 1)")
+    parser.add_argument("--timeout", type=float, default=30.0, help="per-request seconds (default 30)")
+    parser.add_argument("--max-request-bytes", type=int, default=4 * 1024 * 1024)
+    parser.add_argument("--threads", type=int, help="CPU threads per model instance")
+    parser.add_argument("--api-key", default=os.environ.get("KILN_API_KEY"),
+                        help="require 'Authorization: Bearer KEY' (default: $KILN_API_KEY); "
+                        "required when --host is not local")
+    parser.set_defaults(handler=run)
+
+
+def model_name(path: Path) -> str:
+    resolved = path.resolve()
+    return resolved.parent.name if resolved.name in ("export", "model") else resolved.name
+
+
+def run(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from kiln.runtime import artifact_folder
+    from kiln.serve import ServeSettings, build_app
+
+    if args.host not in LOCAL_HOSTS and not args.api_key:
+        raise KilnError(f"binding to {args.host} exposes the model beyond this machine: set "
+                        "--api-key (or KILN_API_KEY)")
+    for flag in ("max_batch_size", "max_queue_size", "instances", "max_request_bytes"):
+        if getattr(args, flag) < 1:
+            raise KilnError(f"--{flag.replace('_', '-')} must be at least 1")
+    path = Path(args.path)
+    artifact_folder(path)  # fail now, with the path, if there is no model
+    settings = ServeSettings(
+        max_batch_size=args.max_batch_size, max_queue_delay_ms=args.max_queue_delay_ms,
+        max_queue_size=args.max_queue_size, instances=args.instances, timeout_s=args.timeout,
+        max_request_bytes=args.max_request_bytes, api_key=args.api_key, threads=args.threads,
+        artifact=args.artifact)
+    app = build_app(path, args.name or model_name(path), settings)
+    uvicorn.run(app, host=args.host, port=args.port, log_level="warning",
+                timeout_graceful_shutdown=30)
+    return 0

@@ -1,0 +1,55 @@
+"""Prometheus metrics of the server (text format through prometheus_client).
+
+| kiln metric | Triton's counterpart |
+|---|---|
+| kiln_requests_total{model,version,outcome} | nv_inference_request_success / _failure |
+| kiln_request_duration_seconds | nv_inference_request_duration_us |
+| kiln_queue_duration_seconds | nv_inference_queue_duration_us |
+| kiln_compute_duration_seconds | nv_inference_compute_infer_duration_us |
+| kiln_batch_size | nv_inference_exec_count vs nv_inference_count (batch size = count/exec) |
+| kiln_queue_depth, kiln_inflight_requests | nv_inference_pending_request_count |
+| kiln_model_load_seconds | (model load time in Triton's log) |
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0)
+BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
+
+
+@dataclass
+class ServerMetrics:
+    registry: CollectorRegistry
+    requests: Counter
+    request_seconds: Histogram
+    queue_seconds: Histogram
+    compute_seconds: Histogram
+    batch_size: Histogram
+    queue_depth: Gauge
+    inflight: Gauge
+    load_seconds: Gauge
+
+
+def make_metrics() -> ServerMetrics:
+    r = CollectorRegistry()
+    return ServerMetrics(
+        registry=r,
+        requests=Counter("kiln_requests", "Inference requests by outcome",
+                         ["model", "version", "outcome"], registry=r),
+        request_seconds=Histogram("kiln_request_duration_seconds", "Request time, end to end",
+                                  ["model"], buckets=LATENCY_BUCKETS, registry=r),
+        queue_seconds=Histogram("kiln_queue_duration_seconds", "Wait in the batching queue",
+                                ["model"], buckets=LATENCY_BUCKETS, registry=r),
+        compute_seconds=Histogram("kiln_compute_duration_seconds", "Model time per batch",
+                                  ["model"], buckets=LATENCY_BUCKETS, registry=r),
+        batch_size=Histogram("kiln_batch_size", "Rows per executed batch", ["model"],
+                             buckets=BATCH_BUCKETS, registry=r),
+        queue_depth=Gauge("kiln_queue_depth", "Rows waiting in the queue", ["model"], registry=r),
+        inflight=Gauge("kiln_inflight_requests", "Requests being handled", ["model"], registry=r),
+        load_seconds=Gauge("kiln_model_load_seconds", "Time to load and warm up the model",
+                           ["model"], registry=r),
+    )

@@ -1,0 +1,168 @@
+"""`kiln serve` as a client sees it: the Triton client, bad requests, overload, metrics."""
+
+import concurrent.futures
+import json
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tritonclient.http as httpclient
+from prometheus_client.parser import text_string_to_metric_families
+
+TEXTS = ["my parcel has not arrived yet", "i need to change my password"]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def start_server(run: Path, env: dict[str, str], *args: str) -> tuple[subprocess.Popen[bytes], str]:
+    port = free_port()
+    log = run.parent / f"serve-{port}.log"
+    with open(log, "wb") as out:  # the child keeps its own handle
+        proc = subprocess.Popen([sys.executable, "-m", "kiln", "serve", str(run), "--port",
+                                 str(port), "--name", "clf", *args], env=env,
+                                stdout=subprocess.DEVNULL, stderr=out)
+    url = f"127.0.0.1:{port}"
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(f"http://{url}/v2/health/ready", timeout=1) as r:
+                if r.status == 200:
+                    return proc, url
+        except OSError:
+            time.sleep(0.2)
+    proc.kill()
+    raise AssertionError(f"server did not become ready: {log.read_text()}")
+
+
+@pytest.fixture(scope="module")
+def server(exported_run: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    import os
+
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    proc, url = start_server(exported_run, env, "--threads", "1")
+    yield url
+    proc.terminate()
+    proc.wait(timeout=30)
+
+
+def post(url: str, path: str, body: bytes, headers: dict[str, str] | None = None) -> tuple[int, dict]:
+    req = urllib.request.Request(f"http://{url}{path}", data=body, method="POST",
+                                 headers=headers or {"content-type": "application/json"})
+    try:
+        with urllib.request.urlopen(req, timeout=30) as r:
+            return r.status, json.loads(r.read())
+    except urllib.error.HTTPError as e:
+        return e.code, json.loads(e.read())
+
+
+def test_triton_client_works_unchanged(server: str) -> None:
+    client = httpclient.InferenceServerClient(url=server)
+    assert client.is_server_live() and client.is_server_ready()
+    assert client.is_model_ready("clf")
+    meta = client.get_model_metadata("clf")
+    assert {i["name"] for i in meta["inputs"]} >= {"text", "input_ids", "attention_mask"}
+    text = httpclient.InferInput("text", [2], "BYTES")
+    text.set_data_from_numpy(np.array([t.encode() for t in TEXTS], dtype=object))  # binary
+    outputs = [httpclient.InferRequestedOutput("label"),
+               httpclient.InferRequestedOutput("probabilities", binary_data=False)]
+    result = client.infer("clf", [text], outputs=outputs)
+    labels = [x.decode() for x in result.as_numpy("label")]
+    assert labels[0] in {"account", "billing", "shipping", "technical"} and len(labels) == 2
+    probs = result.as_numpy("probabilities")
+    assert probs.shape == (2, 4)
+    np.testing.assert_allclose(probs.sum(axis=1), 1.0, rtol=1e-5)
+    # token tensors work too, and give the same answer as text
+    ids = httpclient.InferInput("input_ids", [1, 4], "INT64")
+    ids.set_data_from_numpy(np.array([[2, 10, 11, 3]], dtype=np.int64))
+    mask = httpclient.InferInput("attention_mask", [1, 4], "INT64")
+    mask.set_data_from_numpy(np.ones((1, 4), dtype=np.int64))
+    assert client.infer("clf", [ids, mask]).as_numpy("logits").shape == (1, 4)
+
+
+@pytest.mark.parametrize(
+    ("body", "status", "message"),
+    [
+        (b"{not json", 400, "not valid JSON"),
+        (b'{"inputs": []}', 400, "non-empty 'inputs'"),
+        (b'{"inputs": [{"name": "txt", "shape": [1], "datatype": "BYTES", "data": ["x"]}]}', 400,
+         "unknown input(s) ['txt']"),
+        (b'{"inputs": [{"name": "text", "shape": [2], "datatype": "BYTES", "data": ["x"]}]}', 400,
+         "shape [2] needs 2 values, got 1"),
+        (b'{"inputs": [{"name": "text", "shape": [1], "datatype": "FP32", "data": [1.0]}]}', 400,
+         "must have datatype BYTES"),
+        (b'{"inputs": [{"name": "input_ids", "shape": [1, 500], "datatype": "INT64", "data": '
+         + json.dumps([1] * 500).encode() + b'}, {"name": "attention_mask", "shape": [1, 500], '
+         b'"datatype": "INT64", "data": ' + json.dumps([1] * 500).encode() + b"}]}", 400,
+         "at most 48"),
+        (b'{"inputs": [{"name": "text", "shape": [1], "datatype": "BYTES", "data": ["x"]}], '
+         b'"outputs": [{"name": "scores"}]}', 400, "unknown output 'scores'"),
+    ],
+)
+def test_bad_requests_get_4xx_naming_the_problem(server: str, body: bytes, status: int,
+                                                 message: str) -> None:
+    code, answer = post(server, "/v2/models/clf/infer", body)
+    assert code == status and message in answer["error"]
+
+
+def test_unknown_model_is_404_and_server_stays_healthy(server: str) -> None:
+    code, answer = post(server, "/v2/models/nope/infer", b"{}")
+    assert code == 404 and "unknown model 'nope'" in answer["error"]
+    with urllib.request.urlopen(f"http://{server}/v2/health/ready") as r:
+        assert r.status == 200
+
+
+def test_metrics_parse_and_count_the_requests(server: str) -> None:
+    def count(outcome: str) -> float:
+        with urllib.request.urlopen(f"http://{server}/metrics") as r:
+            families = {f.name: f for f in text_string_to_metric_families(r.read().decode())}
+        return sum(s.value for s in families["kiln_requests"].samples
+                   if s.name == "kiln_requests_total" and s.labels["outcome"] == outcome)
+
+    ok, bad = count("success"), count("bad_request")
+    body = json.dumps({"inputs": [{"name": "text", "shape": [1], "datatype": "BYTES",
+                                   "data": ["where is my parcel"]}]}).encode()
+    for _ in range(3):
+        assert post(server, "/v2/models/clf/infer", body)[0] == 200
+    assert post(server, "/v2/models/clf/infer", b"{")[0] == 400
+    assert count("success") == ok + 3 and count("bad_request") == bad + 1
+
+
+@pytest.mark.slow
+def test_overload_gets_fast_503s_and_every_request_an_answer(exported_run: Path) -> None:
+    import os
+
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    proc, url = start_server(exported_run, env, "--max-queue-size", "2", "--max-batch-size", "1",
+                             "--max-queue-delay-ms", "0", "--threads", "1")
+    try:
+        body = json.dumps({"inputs": [{"name": "text", "shape": [1], "datatype": "BYTES",
+                                       "data": ["where is my parcel " * 8]}]}).encode()
+
+        def one(_: int) -> tuple[int, float]:
+            start = time.monotonic()
+            code, _answer = post(url, "/v2/models/clf/infer", body)
+            return code, time.monotonic() - start
+
+        with concurrent.futures.ThreadPoolExecutor(32) as pool:
+            results = list(pool.map(one, range(200)))
+        codes = [c for c, _ in results]
+        assert set(codes) <= {200, 503} and len(codes) == 200
+        assert codes.count(503) > 0 and codes.count(200) > 0
+        assert max(t for c, t in results if c == 503) < 5.0  # refused at once, not hung
+        with urllib.request.urlopen(f"http://{url}/v2/health/ready") as r:
+            assert r.status == 200
+        assert post(url, "/v2/models/clf/infer", body)[0] == 200
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
