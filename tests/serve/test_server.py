@@ -166,3 +166,36 @@ def test_overload_gets_fast_503s_and_every_request_an_answer(exported_run: Path)
     finally:
         proc.terminate()
         proc.wait(timeout=30)
+
+
+@pytest.mark.parametrize("rate", [None, 50.0])
+def test_load_generator_reports_throughput_and_latency(server: str, rate: float | None) -> None:
+    from kiln.bench.load import LoadSettings, run_load
+
+    report = run_load(server, TEXTS, LoadSettings(model="clf", concurrency=4, rate=rate,
+                                                  duration_s=1.0))
+    assert report["ok"] > 0 and report["errors"] == {}
+    assert report["requests_per_s"] > 0
+    assert 0 < report["latency_ms"]["p50"] <= report["latency_ms"]["p99"]
+
+
+def test_api_key_is_required_when_set_and_for_non_local_binds(exported_run: Path) -> None:
+    import os
+
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    refused = subprocess.run([sys.executable, "-m", "kiln", "serve", str(exported_run), "--host",
+                              "0.0.0.0"], env={k: v for k, v in env.items() if k != "KILN_API_KEY"},
+                             capture_output=True, text=True, timeout=60)
+    assert refused.returncode == 2 and "--api-key" in refused.stderr
+    proc, url = start_server(exported_run, env, "--api-key", "s3cret", "--threads", "1")
+    try:
+        body = json.dumps({"inputs": [{"name": "text", "shape": [1], "datatype": "BYTES",
+                                       "data": ["hello"]}]}).encode()
+        code, answer = post(url, "/v2/models/clf/infer", body)
+        assert code == 401 and "API key" in answer["error"]
+        code, _ = post(url, "/v2/models/clf/infer", body,
+                       {"content-type": "application/json", "authorization": "Bearer s3cret"})
+        assert code == 200
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)

@@ -54,15 +54,15 @@ def measure_latency(backend: Backend, inputs: Sequence[Inputs], warmup: int, rep
 
 def measure_throughput(backend: Backend, batches: Sequence[Inputs], warmup: int,
                        min_seconds: float) -> Throughput:
-    """Samples per second over whole passes through ``batches`` lasting at least ``min_seconds``."""
+    """Samples per second over ``batches`` in order (cycling), for at least ``min_seconds``."""
     for i in range(warmup):
         backend.run(*batches[i % len(batches)])
     samples, calls, start = 0, 0, time.perf_counter()
     while True:
-        for ids, mask in batches:
-            backend.run(ids, mask)
-            samples += len(ids)
-            calls += 1
+        ids, mask = batches[calls % len(batches)]
+        backend.run(ids, mask)
+        samples += len(ids)
+        calls += 1
         elapsed = time.perf_counter() - start
         if elapsed >= min_seconds:
             break

@@ -30,6 +30,7 @@ class PreparedData:
     tokenizer: Tokenizer
     train_path: Path
     eval_path: Path | None  # None: held out from train_path
+    eval_texts: tuple[str, ...] = ()  # the evaluation texts as read, for benchmarks
 
 
 def prepare_data(cfg: Config, run_dir: Path) -> PreparedData:
@@ -68,6 +69,7 @@ def prepare_data(cfg: Config, run_dir: Path) -> PreparedData:
         tokenizer=tok,
         train_path=train_path,
         eval_path=eval_path,
+        eval_texts=tuple(e.text for e in eval_raw),
     )
 
 
