@@ -2,7 +2,7 @@
 
 Reference model: embed 512, 8 heads, 6 layers, vocabulary 10000 (random weights: speed does not
 depend on training), batch 32, length 128, CPU threads as given. Measures eager fp32 (the
-baseline), ONNX Runtime fp32 / optimised, ONNX Runtime dynamic int8, torch dynamic int8, OpenVINO fp32/int8 (with kiln[openvino]), and the
+baseline), ONNX Runtime fp32 / optimised, ONNX Runtime dynamic and static int8, torch dynamic int8, OpenVINO fp32/int8 (with kiln[openvino]), and the
 machine's int8 matrix-multiply peak (ONNX Runtime MatMulInteger, 2048^3), then prints samples/s, the ratio to
 eager fp32 (target: int8 >= 2x) and the share of the int8 peak reached.
 
@@ -22,7 +22,11 @@ import numpy as np
 import torch
 
 from kiln.export.onnx_export import export_onnx
-from kiln.export.onnx_optimize import optimize_for_ort, quantize_dynamic_int8
+from kiln.export.onnx_optimize import (
+    optimize_for_ort,
+    quantize_dynamic_int8,
+    quantize_static_int8,
+)
 from kiln.export.openvino_export import (
     convert_openvino,
     openvino_available,
@@ -89,14 +93,16 @@ def main() -> None:
         onnx_fp32 = export_onnx(model, Path(tmp) / "model.onnx", 128)
         optimize_for_ort(onnx_fp32, Path(tmp) / "model.opt.onnx", HEADS, D)
         quantize_dynamic_int8(Path(tmp) / "model.opt.onnx", Path(tmp) / "model.int8.onnx")
-        extra = {}
+        calibration = [{"input_ids": rng.integers(5, VOCAB, size=(8, args.length), dtype=np.int64),
+                        "attention_mask": np.ones((8, args.length), dtype=np.int64)}
+                       for _ in range(8)]
+        quantize_static_int8(onnx_fp32, Path(tmp) / "model.int8-static.onnx", calibration)
+        extra = {"onnxruntime static int8": OrtBackend(Path(tmp) / "model.int8-static.onnx",
+                                                       threads=args.threads)}
         if openvino_available():
-            calibration = [{"input_ids": rng.integers(5, VOCAB, size=(8, args.length), dtype=np.int64),
-                            "attention_mask": np.ones((8, args.length), dtype=np.int64)}
-                           for _ in range(8)]
             xml = convert_openvino(onnx_fp32, Path(tmp) / "model.ov.xml")
             quantize_openvino_int8(xml, Path(tmp) / "model.ov-int8.xml", calibration)
-            extra = {"openvino fp32": OpenVinoBackend(xml, threads=args.threads),
+            extra |= {"openvino fp32": OpenVinoBackend(xml, threads=args.threads),
                      "openvino int8 (NNCF)": OpenVinoBackend(Path(tmp) / "model.ov-int8.xml",
                                                              threads=args.threads)}
         backends = {
