@@ -55,7 +55,7 @@ def run(args: argparse.Namespace) -> int:
     failed = [p.artifact for p in exported.failed]
     print(f"\nkiln run finished: {result.run_dir}")
     print(f"  accuracy     {ev.get('accuracy', float('nan')):.4f} (trained model, eval set)")
-    print(f"  serve        {recommended} (in {exported.export_dir}); Triton: {triton_dir.parent}")
+    print(f"  serve        kiln serve {result.run_dir}   ({recommended}; or Triton: {triton_dir.parent})")
     if failed:
         print(f"  not shipped  {', '.join(failed)} (failed parity; see export/parity.json)")
     return 0
