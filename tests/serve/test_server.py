@@ -199,3 +199,23 @@ def test_api_key_is_required_when_set_and_for_non_local_binds(exported_run: Path
     finally:
         proc.terminate()
         proc.wait(timeout=30)
+
+
+def test_sigterm_drains_in_flight_requests_then_exits(exported_run: Path) -> None:
+    import os
+    import signal
+
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    # a long batching delay keeps the request in flight when SIGTERM arrives
+    proc, url = start_server(exported_run, env, "--max-queue-delay-ms", "1500",
+                             "--max-batch-size", "64", "--threads", "1")
+    body = json.dumps({"inputs": [{"name": "text", "shape": [1], "datatype": "BYTES",
+                                   "data": ["where is my parcel"]}]}).encode()
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        pending = pool.submit(post, url, "/v2/models/clf/infer", body)
+        time.sleep(0.5)
+        proc.send_signal(signal.SIGTERM)
+        code, answer = pending.result(timeout=30)
+    assert code == 200 and answer["outputs"]  # answered, not dropped
+    # uvicorn re-raises SIGTERM after its graceful shutdown, so "killed by SIGTERM" is a clean exit
+    assert proc.wait(timeout=30) in (0, -signal.SIGTERM)
