@@ -103,7 +103,7 @@ def train(cfg: Config, *, fresh: bool = False, progress: bool | None = None) -> 
     loader = make_loader(data.train, sampler, cfg.data, pad, cfg.seed)
     eval_loader = make_loader(data.eval, SortedBatchSampler(data.eval.lengths, 2 * tc.batch_size),
                               cfg.data, pad, cfg.seed)
-    steps_per_epoch, total_steps = plan_steps(len(sampler), tc)
+    _, total_steps = plan_steps(len(sampler), tc)
     scheduler = make_scheduler(optimizer, tc, total_steps)
     scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
     amp_dtype = autocast_dtype(precision)
