@@ -219,3 +219,42 @@ def test_sigterm_drains_in_flight_requests_then_exits(exported_run: Path) -> Non
     assert code == 200 and answer["outputs"]  # answered, not dropped
     # uvicorn re-raises SIGTERM after its graceful shutdown, so "killed by SIGTERM" is a clean exit
     assert proc.wait(timeout=30) in (0, -signal.SIGTERM)
+
+
+def test_a_repository_serves_several_models_and_versions(exported_run: Path, tmp_path: Path) -> None:
+    import os
+
+    repo = tmp_path / "repo"
+    (repo / "b").mkdir(parents=True)
+    (repo / "a").symlink_to(exported_run)
+    (repo / "b" / "1").symlink_to(exported_run / "export")
+    (repo / "b" / "2").symlink_to(exported_run / "model")
+    (repo / "notes").mkdir()  # not a model: ignored
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    port = free_port()
+    with open(tmp_path / "serve.log", "wb") as out:
+        proc = subprocess.Popen([sys.executable, "-m", "kiln", "serve", str(repo), "--port",
+                                 str(port), "--threads", "1"], env=env, stdout=out, stderr=out)
+    url = f"127.0.0.1:{port}"
+    try:
+        client = httpclient.InferenceServerClient(url=url)
+        for _ in range(300):
+            try:
+                if client.is_server_ready():
+                    break
+            except Exception:  # not listening yet
+                pass
+            time.sleep(0.2)
+        assert client.is_model_ready("a") and client.is_model_ready("b", "1")
+        assert client.get_model_metadata("b")["versions"] == ["1", "2"]
+        text = httpclient.InferInput("text", [1], "BYTES")
+        text.set_data_from_numpy(np.array([b"where is my parcel"], dtype=object))
+        result = client.infer("b", [text], model_version="1")
+        assert result.get_response()["model_version"] == "1"
+        assert client.infer("b", [text]).get_response()["model_version"] == "2"  # latest
+        code, answer = post(url, "/v2/models/b/versions/7/infer", b"{}")
+        assert code == 404 and "no version '7'" in answer["error"]
+        assert post(url, "/v2/models/notes/infer", b"{}")[0] == 404
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)

@@ -16,10 +16,12 @@ LOCAL_HOSTS = {"127.0.0.1", "localhost", "::1"}
 def add_parser(sub: Any) -> None:
     parser = sub.add_parser("serve", help=HELP, description=HELP + ", with dynamic batching, "
                             "Prometheus metrics at /metrics and bounded queues (503 when full).")
-    parser.add_argument("path", metavar="PATH", help="run directory, export/ or model/ folder")
+    parser.add_argument("path", metavar="PATH", help="run directory, export/ or model/ folder, or "
+                        "a repository folder of several (<repo>/<model>[/<version>]/)")
     parser.add_argument("--host", default="127.0.0.1", help="bind address (default 127.0.0.1)")
     parser.add_argument("--port", type=int, default=8000, help="port (default 8000)")
-    parser.add_argument("--name", help="model name (default: the run folder's name)")
+    parser.add_argument("--name", help="model name when PATH is one model (default: its run "
+                        "folder's name)")
     parser.add_argument("--artifact", help="artifact to serve (default: the recommended one)")
     parser.add_argument("--max-batch-size", type=int, default=32)
     parser.add_argument("--max-queue-delay-ms", type=float, default=2.0,
@@ -36,16 +38,11 @@ def add_parser(sub: Any) -> None:
     parser.set_defaults(handler=run)
 
 
-def model_name(path: Path) -> str:
-    resolved = path.resolve()
-    return resolved.parent.name if resolved.name in ("export", "model") else resolved.name
-
-
 def run(args: argparse.Namespace) -> int:
     import uvicorn
 
-    from kiln.runtime import artifact_folder
     from kiln.serve import ServeSettings, build_app
+    from kiln.serve.repository import discover_models
 
     if args.host not in LOCAL_HOSTS and not args.api_key:
         raise KilnError(f"binding to {args.host} exposes the model beyond this machine: set "
@@ -53,14 +50,15 @@ def run(args: argparse.Namespace) -> int:
     for flag in ("max_batch_size", "max_queue_size", "instances", "max_request_bytes"):
         if getattr(args, flag) < 1:
             raise KilnError(f"--{flag.replace('_', '-')} must be at least 1")
-    path = Path(args.path)
-    artifact_folder(path)  # fail now, with the path, if there is no model
+    repository = discover_models(Path(args.path), args.name)  # fails now, naming the path
     settings = ServeSettings(
         max_batch_size=args.max_batch_size, max_queue_delay_ms=args.max_queue_delay_ms,
         max_queue_size=args.max_queue_size, instances=args.instances, timeout_s=args.timeout,
         max_request_bytes=args.max_request_bytes, api_key=args.api_key, threads=args.threads,
         artifact=args.artifact)
-    app = build_app(path, args.name or model_name(path), settings)
+    app = build_app(repository, settings)
+    served = ", ".join(f"{m} (versions {', '.join(sorted(v, key=int))})" for m, v in repository.items())
+    print(f"kiln serve: http://{args.host}:{args.port}  models: {served}", flush=True)
     uvicorn.run(app, host=args.host, port=args.port, log_level="warning",
                 timeout_graceful_shutdown=30)
     return 0

@@ -23,8 +23,17 @@ from kiln.runtime import Predictor, load_predictor, softmax
 from kiln.serve.batcher import Batcher, QueueFull
 from kiln.serve.metrics import make_metrics
 from kiln.serve.protocol import ProtocolError, build_infer_response, parse_infer_request
+from kiln.serve.repository import Repository, latest_version
 
-VERSION = "1"
+
+@dataclass(frozen=True)
+class Served:
+    """One loaded model version and its batcher."""
+
+    name: str
+    version: str
+    predictor: Predictor
+    batcher: Batcher
 
 
 @dataclass(frozen=True)
@@ -40,15 +49,14 @@ class ServeSettings:
     artifact: str | None = None
 
 
-def build_app(path: str | Path, name: str, settings: ServeSettings = ServeSettings()) -> Starlette:
-    """The ASGI app serving the model at ``path`` (run, export or model folder) as ``name``."""
+def build_app(repository: Repository, settings: ServeSettings = ServeSettings()) -> Starlette:
+    """The ASGI app serving every model version of ``repository`` (see discover_models)."""
     metrics = make_metrics()
-    state: dict[str, Any] = {"ready": False}
+    state: dict[str, Any] = {"ready": False, "served": {}}
 
-    @contextlib.asynccontextmanager
-    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+    async def load(name: str, version: str, folder: Path) -> Served:
         start = time.monotonic()
-        predictor = await asyncio.to_thread(load_predictor, path, settings.artifact,
+        predictor = await asyncio.to_thread(load_predictor, folder, settings.artifact,
                                             threads=settings.threads)
         await asyncio.to_thread(predictor.predict, ["warm up"] * min(4, settings.max_batch_size))
 
@@ -63,23 +71,31 @@ def build_app(path: str | Path, name: str, settings: ServeSettings = ServeSettin
                           pad_id=predictor.pad_id, on_batch=on_batch)
         batcher.start()
         metrics.load_seconds.labels(name).set(time.monotonic() - start)
-        state.update(predictor=predictor, batcher=batcher, ready=True)
+        return Served(name, version, predictor, batcher)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        for name, versions in repository.items():
+            for version, folder in versions.items():
+                state["served"][(name, version)] = await load(name, version, folder)
+        state["ready"] = True
         yield
         state["ready"] = False
-        await batcher.stop()
+        for served in state["served"].values():
+            await served.batcher.stop()
 
-    def model_or_404(request: Request) -> Predictor:
-        if request.path_params["model"] != name:
-            raise ProtocolError(f"unknown model '{request.path_params['model']}'; serving '{name}'",
-                                status=404)
-        version = request.path_params.get("version")
-        if version is not None and version != VERSION:
-            raise ProtocolError(f"model '{name}' has no version '{version}'; versions: ['1']",
-                                status=404)
+    def model_or_404(request: Request) -> Served:
+        name = request.path_params["model"]
+        if name not in repository:
+            raise ProtocolError(f"unknown model '{name}'; serving {sorted(repository)}", status=404)
+        version = request.path_params.get("version") or latest_version(repository[name])
+        if version not in repository[name]:
+            raise ProtocolError(f"model '{name}' has no version '{version}'; versions: "
+                                f"{sorted(repository[name], key=int)}", status=404)
         if not state["ready"]:
             raise ProtocolError("model is loading", status=503)
-        predictor: Predictor = state["predictor"]
-        return predictor
+        served: Served = state["served"][(name, version)]
+        return served
 
     def check_key(request: Request) -> None:
         if settings.api_key is None:
@@ -100,10 +116,12 @@ def build_app(path: str | Path, name: str, settings: ServeSettings = ServeSettin
 
     async def model_metadata(request: Request) -> Response:
         check_key(request)
-        predictor = model_or_404(request)
+        served = model_or_404(request)
+        predictor = served.predictor
         n = len(predictor.label_names)
         return JSONResponse({
-            "name": name, "versions": [VERSION], "platform": f"kiln_{predictor.backend.name}",
+            "name": served.name, "versions": sorted(repository[served.name], key=int),
+            "platform": f"kiln_{predictor.backend.name}",
             "inputs": [{"name": "text", "datatype": "BYTES", "shape": [-1]},
                        {"name": "input_ids", "datatype": "INT64", "shape": [-1, -1]},
                        {"name": "attention_mask", "datatype": "INT64", "shape": [-1, -1]}],
@@ -121,10 +139,13 @@ def build_app(path: str | Path, name: str, settings: ServeSettings = ServeSettin
     async def infer(request: Request) -> Response:
         started = time.monotonic()
         outcome = "error"
+        name, version = request.path_params["model"], request.path_params.get("version", "")
         metrics.inflight.labels(name).inc()
+        served: Served | None = None
         try:
             check_key(request)
-            predictor = model_or_404(request)
+            served = model_or_404(request)
+            predictor, version = served.predictor, served.version
             declared = int(request.headers.get("content-length") or 0)
             if declared > settings.max_request_bytes:
                 raise ProtocolError(f"request of {declared} bytes exceeds the limit of "
@@ -139,7 +160,7 @@ def build_app(path: str | Path, name: str, settings: ServeSettings = ServeSettin
                 e.ids[: predictor.max_length]
                 for e in predictor.tokenizer.encode_batch(req.texts or [])]
             try:
-                logits = await asyncio.wait_for(state["batcher"].submit(rows),
+                logits = await asyncio.wait_for(served.batcher.submit(rows),
                                                 req.timeout_s or settings.timeout_s)
             except QueueFull as exc:
                 outcome = "rejected"
@@ -150,7 +171,7 @@ def build_app(path: str | Path, name: str, settings: ServeSettings = ServeSettin
                 return JSONResponse({"error": "request timed out"}, status_code=504)
             probabilities = softmax(logits)
             labels = [predictor.label_names[i] for i in np.argmax(logits, axis=-1)]
-            payload, headers = build_infer_response(name, VERSION, req, logits, probabilities,
+            payload, headers = build_infer_response(name, version, req, logits, probabilities,
                                                     labels)
             outcome = "success"
             return Response(payload, headers=headers)
@@ -159,10 +180,10 @@ def build_app(path: str | Path, name: str, settings: ServeSettings = ServeSettin
             return JSONResponse({"error": str(exc)}, status_code=exc.status)
         finally:
             metrics.inflight.labels(name).dec()
-            metrics.requests.labels(name, VERSION, outcome).inc()
+            metrics.requests.labels(name, version, outcome).inc()
             metrics.request_seconds.labels(name).observe(time.monotonic() - started)
-            if state.get("batcher") is not None:
-                metrics.queue_depth.labels(name).set(state["batcher"].queued_rows)
+            if served is not None:
+                metrics.queue_depth.labels(name).set(served.batcher.queued_rows)
 
     async def metrics_endpoint(request: Request) -> Response:
         return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
