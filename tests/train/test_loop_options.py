@@ -56,3 +56,27 @@ def test_fp16_on_cpu_is_refused(small_dataset: tuple[Path, Path], tmp_path: Path
         "train.precision": "fp16", "train.device": "cpu"}))
     with pytest.raises(ConfigError, match="fp16 needs CUDA"):
         train(cfg, progress=False)
+
+
+def test_non_finite_steps_are_skipped_then_training_stops_keeping_good_checkpoints(
+    small_dataset: tuple[Path, Path], tmp_path: Path
+) -> None:
+    import torch
+
+    from kiln.train.loop import TrainingDiverged
+
+    # an absurd learning rate with no clipping drives the weights to inf within a few steps
+    cfg = load_config(overrides=tiny_overrides(*small_dataset, tmp_path, **{
+        "train.lr": 1e30, "train.max_grad_norm": 0, "train.warmup_steps": 0,
+        "train.schedule": "constant", "train.checkpoint_every": 1, "train.keep_checkpoints": 50,
+        "train.max_bad_steps": 3}))
+    with pytest.raises(TrainingDiverged, match="3 steps in a row had a non-finite loss"):
+        train(cfg, progress=False)
+    saved = {p.name: load_file(str(p / "model.safetensors"))
+             for p in sorted((tmp_path / "checkpoints").glob("step-*"))}
+    # step 1 updated the weights (to huge but finite values); steps 2 and 3 were skipped, so their
+    # checkpoints hold exactly step 1's weights, and nothing non-finite was ever saved
+    assert list(saved) == ["step-000001", "step-000002", "step-000003"]
+    for name in ("step-000002", "step-000003"):
+        assert all(saved[name][k].equal(saved["step-000001"][k]) for k in saved[name])
+    assert all(torch.isfinite(w).all() for w in saved["step-000001"].values())

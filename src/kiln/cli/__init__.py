@@ -10,6 +10,7 @@ from collections.abc import Sequence
 import kiln
 from kiln.cli import bench_cmd, eval_cmd, export_cmd, run_cmd, serve_cmd, train_cmd, triton_cmd
 from kiln.errors import KilnError
+from kiln.train.loop import TrainingDiverged
 
 SUBCOMMANDS = (train_cmd, run_cmd, eval_cmd, export_cmd, triton_cmd, bench_cmd, serve_cmd)
 
@@ -35,6 +36,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KilnError as exc:
         print(f"kiln {args.command}: error: {exc}", file=sys.stderr)
         return exc.exit_code
+    except TrainingDiverged as exc:
+        print(f"kiln {args.command}: error: {exc}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print(f"kiln {args.command}: interrupted", file=sys.stderr)
         return 130

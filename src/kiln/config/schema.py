@@ -173,6 +173,10 @@ class TrainConfig(Section):
         "best", description="which weights go into model/: best by train.metric, or the last"
     )
     num_threads: int = Field(0, ge=0, description="torch CPU threads (0 = torch's default)")
+    max_bad_steps: int = Field(
+        5, ge=0, description="stop after N consecutive steps with a non-finite loss or gradient "
+        "(each is skipped; 0 = never stop)"
+    )
 
 
 class Config(Section):

@@ -44,6 +44,10 @@ from kiln.train.rng import restore_rng_state, rng_state, seed_everything
 from kiln.train.run_dir import CONFIG_FILE, start_run_dir
 
 
+class TrainingDiverged(RuntimeError):
+    """Too many consecutive steps had a non-finite loss or gradient."""
+
+
 @dataclass
 class TrainState:
     """Progress counters: together with the RNG states, exactly where training stands."""
@@ -58,6 +62,7 @@ class TrainState:
     last_eval: dict[str, Any] = field(default_factory=dict)
     evals_without_improvement: int = 0
     stopped_early: bool = False
+    bad_steps: int = 0  # consecutive steps skipped for a non-finite loss or gradient
 
     def state_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -155,69 +160,87 @@ def train(cfg: Config, *, fresh: bool = False, progress: bool | None = None) -> 
                             f"{state.evals_without_improvement} evaluations")
         state.last_eval = _eval_record(result)
 
-    model.train()
-    loop_seconds, window_start, window_samples, window_tokens = 0.0, time.perf_counter(), 0, 0
-    loss_sum = torch.zeros((), device=device)
-    while state.step < total_steps and not state.stopped_early:
-        sampler.set_epoch(state.epoch, start=state.batch_in_epoch)
-        micro_batches = iter(loader)
+    try:
+        model.train()
+        loop_seconds, window_start, window_samples, window_tokens = 0.0, time.perf_counter(), 0, 0
+        loss_sum = torch.zeros((), device=device)
         while state.step < total_steps and not state.stopped_early:
-            step_start = time.perf_counter()
-            group: list[Batch] = list(itertools.islice(micro_batches, tc.grad_accum_steps))
-            if not group:
-                break
-            # Sum of per-example losses over the whole accumulated batch, divided by its size:
-            # the gradient equals that of one batch grad_accum_steps times larger.
-            num_examples = sum(len(b["labels"]) for b in group)
-            window_tokens += sum(int(b["attention_mask"].sum()) for b in group)  # CPU tensors
-            for batch in group:
-                with torch.autocast(device.type, dtype=amp_dtype or torch.float32,
-                                    enabled=amp_dtype is not None):
-                    logits = model(batch["input_ids"].to(device, non_blocking=True),
-                                   batch["attention_mask"].to(device, non_blocking=True))
-                loss = F.cross_entropy(logits.float(), batch["labels"].to(device),
-                                       reduction="sum") / num_examples
-                scaler.scale(loss).backward()
-                loss_sum += loss.detach()
-            scaler.unscale_(optimizer)  # clip the true gradients, not the fp16-scaled ones
-            grad_norm = nn.utils.clip_grad_norm_(model.parameters(), tc.max_grad_norm or math.inf)
-            scaler.step(optimizer)
-            scaler.update()
-            scheduler.step()
-            optimizer.zero_grad(set_to_none=True)
+            sampler.set_epoch(state.epoch, start=state.batch_in_epoch)
+            micro_batches = iter(loader)
+            while state.step < total_steps and not state.stopped_early:
+                step_start = time.perf_counter()
+                group: list[Batch] = list(itertools.islice(micro_batches, tc.grad_accum_steps))
+                if not group:
+                    break
+                # Sum of per-example losses over the whole accumulated batch, divided by its size:
+                # the gradient equals that of one batch grad_accum_steps times larger.
+                num_examples = sum(len(b["labels"]) for b in group)
+                window_tokens += sum(int(b["attention_mask"].sum()) for b in group)  # CPU tensors
+                for batch in group:
+                    with torch.autocast(device.type, dtype=amp_dtype or torch.float32,
+                                        enabled=amp_dtype is not None):
+                        logits = model(batch["input_ids"].to(device, non_blocking=True),
+                                       batch["attention_mask"].to(device, non_blocking=True))
+                    loss = F.cross_entropy(logits.float(), batch["labels"].to(device),
+                                           reduction="sum") / num_examples
+                    scaler.scale(loss).backward()
+                    loss_sum += loss.detach()
+                scaler.unscale_(optimizer)  # clip the true gradients, not the fp16-scaled ones
+                grad_norm = nn.utils.clip_grad_norm_(model.parameters(), tc.max_grad_norm or math.inf)
+                # A non-finite loss or gradient skips the update (as the fp16 scaler does); this is a
+                # device sync point, once per step.
+                finite = bool(torch.isfinite(grad_norm)) and bool(torch.isfinite(loss))
+                if finite or scaler.is_enabled():
+                    scaler.step(optimizer)  # with fp16 the scaler itself skips inf/NaN steps
+                scaler.update()
+                scheduler.step()
+                optimizer.zero_grad(set_to_none=True)
+                state.bad_steps = 0 if finite else state.bad_steps + 1
+                if state.bad_steps:
+                    log.message(f"step {state.step + 1}: non-finite loss or gradient, update skipped "
+                                f"({state.bad_steps} in a row)")
+                if tc.max_bad_steps and state.bad_steps >= tc.max_bad_steps:
+                    raise TrainingDiverged(
+                        f"{state.bad_steps} steps in a row had a non-finite loss or gradient (step "
+                        f"{state.step + 1}); training stopped. The last good checkpoint is kept in "
+                        f"{run_dir / 'checkpoints'}; lower train.lr or use train.max_grad_norm")
 
-            state.step += 1
-            state.batch_in_epoch += len(group)
-            state.samples_seen += num_examples
-            window_samples += num_examples
-            end_of_epoch = state.batch_in_epoch >= len(sampler)
-            if end_of_epoch:
-                state.epoch, state.batch_in_epoch = state.epoch + 1, 0
-            loop_seconds += time.perf_counter() - step_start
+                state.step += 1
+                state.batch_in_epoch += len(group)
+                state.samples_seen += num_examples
+                window_samples += num_examples
+                end_of_epoch = state.batch_in_epoch >= len(sampler)
+                if end_of_epoch:
+                    state.epoch, state.batch_in_epoch = state.epoch + 1, 0
+                loop_seconds += time.perf_counter() - step_start
 
-            if state.step % tc.log_every == 0 or state.step == total_steps:
-                elapsed = time.perf_counter() - window_start
-                steps_in_window = (state.step - 1) % tc.log_every + 1
-                log.log_train(state.step, {
-                    "loss": loss_sum.item() / steps_in_window,  # a device sync, once per log step
-                    "lr": float(scheduler.get_last_lr()[0]),
-                    "grad_norm": float(grad_norm),
-                    "samples_per_s": window_samples / max(elapsed, 1e-9),
-                    "tokens_per_s": window_tokens / max(elapsed, 1e-9),  # non-padding tokens
-                    "epoch": state.epoch,
-                })
-                loss_sum.zero_()
-                window_start, window_samples, window_tokens = time.perf_counter(), 0, 0
-            done = state.step >= total_steps
-            if done or (tc.eval_every and state.step % tc.eval_every == 0) or (
-                    not tc.eval_every and end_of_epoch):
-                run_eval()
-            if done or state.stopped_early or (
-                    tc.checkpoint_every and state.step % tc.checkpoint_every == 0) or (
-                    not tc.checkpoint_every and end_of_epoch):
-                checkpoint()
-            if end_of_epoch:
-                break
+                if state.step % tc.log_every == 0 or state.step == total_steps:
+                    elapsed = time.perf_counter() - window_start
+                    steps_in_window = (state.step - 1) % tc.log_every + 1
+                    log.log_train(state.step, {
+                        "loss": loss_sum.item() / steps_in_window,  # a device sync, once per log step
+                        "lr": float(scheduler.get_last_lr()[0]),
+                        "grad_norm": float(grad_norm),
+                        "samples_per_s": window_samples / max(elapsed, 1e-9),
+                        "tokens_per_s": window_tokens / max(elapsed, 1e-9),  # non-padding tokens
+                        "epoch": state.epoch,
+                    })
+                    loss_sum.zero_()
+                    window_start, window_samples, window_tokens = time.perf_counter(), 0, 0
+                done = state.step >= total_steps
+                if done or (tc.eval_every and state.step % tc.eval_every == 0) or (
+                        not tc.eval_every and end_of_epoch):
+                    run_eval()
+                if done or state.stopped_early or (
+                        tc.checkpoint_every and state.step % tc.checkpoint_every == 0) or (
+                        not tc.checkpoint_every and end_of_epoch):
+                    checkpoint()
+                if end_of_epoch:
+                    break
+
+    except BaseException:
+        log.close()  # a crash or divergence still leaves complete log files
+        raise
 
     model_dir = _write_model_dir(cfg, run_dir, model, kwargs, data.label_names, state, precision)
     log.message(f"model written to {model_dir}")

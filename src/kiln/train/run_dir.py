@@ -24,6 +24,7 @@ RESUMABLE_CHANGES = {
     "train.log_every",
     "train.early_stopping_patience",
     "train.num_threads",
+    "train.max_bad_steps",
     "data.num_workers",
     "data.pin_memory",
     "data.prefetch_factor",
