@@ -14,7 +14,7 @@ from pydantic import BaseModel, ValidationError
 
 from kiln.config.schema import Config
 from kiln.errors import ConfigError
-from kiln.files import temp_file
+from kiln.files import write_text_atomic
 
 
 def load_config(
@@ -155,21 +155,6 @@ def dump_config(cfg: Config, path: str | os.PathLike[str], versions: Mapping[str
     data = cfg.model_dump(mode="json")
     data["versions"] = dict(versions)
     write_text_atomic(Path(path), yaml.safe_dump(data, sort_keys=False))
-
-
-def write_text_atomic(path: Path, text: str) -> None:
-    """Write ``text`` so that a reader sees the old file or the new one, never half of one."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = temp_file(path.parent, f".{path.name}.")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def _maybe_number(text: str) -> Any:

@@ -7,6 +7,7 @@ from kiln.data.batching import (
     PadCollator,
     SortedBatchSampler,
     make_loader,
+    sorted_batches,
 )
 from kiln.data.labels import encode_labels, infer_label_names
 from kiln.data.prepare import PreparedData, prepare_data
@@ -36,6 +37,7 @@ __all__ = [
     "prepare_data",
     "read_examples",
     "save_tokenizer",
+    "sorted_batches",
     "split_holdout",
     "train_tokenizer",
 ]

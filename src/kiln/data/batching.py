@@ -119,6 +119,13 @@ class SortedBatchSampler(Sampler[list[int]]):
         return len(self._batches)
 
 
+def sorted_batches(dataset: EncodedDataset, pad_id: int, batch_size: int) -> Iterator[Batch]:
+    """Padded batches of similar length covering ``dataset`` once, without a DataLoader."""
+    collate = PadCollator(pad_id)
+    for idx in SortedBatchSampler(dataset.lengths, batch_size):
+        yield collate([dataset[i] for i in idx])
+
+
 def make_loader(
     dataset: EncodedDataset, batch_sampler: Sampler[list[int]], cfg: DataConfig, pad_id: int,
     seed: int,

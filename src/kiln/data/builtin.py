@@ -17,7 +17,7 @@ import random
 from dataclasses import dataclass
 from pathlib import Path
 
-from kiln.files import temp_file
+from kiln.files import write_atomic
 
 LABEL_NAMES: tuple[str, ...] = ("billing", "shipping", "technical", "account")
 
@@ -220,18 +220,10 @@ def write_csv(rows: list[tuple[str, str]], path: str | os.PathLike[str]) -> None
     Raises:
         OSError: If the file cannot be written.
     """
-    target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    # Temp file in the same directory so os.replace is an atomic rename, never a copy.
-    fd, tmp = temp_file(target.parent, f".{target.name}.")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="") as handle:
+    def write(tmp: Path) -> None:
+        with open(tmp, "w", encoding="utf-8", newline="") as handle:
             writer = csv.writer(handle)
             writer.writerow(("text", "label"))
             writer.writerows(rows)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, target)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+
+    write_atomic(Path(path), write)

@@ -79,7 +79,6 @@ def _data_paths(cfg: Config, run_dir: Path) -> tuple[Path, Path | None]:
     # The built-in dataset is written into the run so that `kiln eval` and users can see it.
     data_dir = run_dir / "data"
     if not (data_dir / "train.csv").exists():
-        data_dir.mkdir(parents=True, exist_ok=True)
         ds = builtin.generate()
         builtin.write_csv(ds.train, data_dir / "train.csv")
         builtin.write_csv(ds.eval, data_dir / "eval.csv")

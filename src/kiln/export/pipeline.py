@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 
 from kiln.config import load_config
-from kiln.data import EncodedDataset, PadCollator, SortedBatchSampler, prepare_data
+from kiln.data import EncodedDataset, PadCollator, prepare_data, sorted_batches
 from kiln.errors import RunDirError
 from kiln.export.onnx_export import export_onnx
 from kiln.export.onnx_optimize import (
@@ -168,12 +168,8 @@ def _file_builder(name: str, path: Path) -> Callable[[], Backend]:
 
 def eval_batches(dataset: EncodedDataset, pad_id: int, batch_size: int = 64) -> list[EvalBatch]:
     """The evaluation set as padded numpy batches of similar length."""
-    collate = PadCollator(pad_id)
-    out = []
-    for idx in SortedBatchSampler(dataset.lengths, batch_size):
-        b = collate([dataset[i] for i in idx])
-        out.append((b["input_ids"].numpy(), b["attention_mask"].numpy(), b["labels"].numpy()))
-    return out
+    return [(b["input_ids"].numpy(), b["attention_mask"].numpy(), b["labels"].numpy())
+            for b in sorted_batches(dataset, pad_id, batch_size)]
 
 
 def calibration_batches(dataset: EncodedDataset, pad_id: int, samples: int,

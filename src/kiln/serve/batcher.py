@@ -77,7 +77,6 @@ class Batcher:
         self.pad_id = pad_id
         self.on_batch = on_batch  # (batch size, queue seconds of the oldest, compute seconds)
         self.waiting: list[Pending] = []
-        self.in_flight = 0
         self._wake = asyncio.Event()
         self._slots = asyncio.Semaphore(instances)
         self._pool = ThreadPoolExecutor(max_workers=instances, thread_name_prefix="kiln-infer")
@@ -132,7 +131,6 @@ class Batcher:
 
     async def _execute(self, batch: list[Pending]) -> None:
         started = time.monotonic()
-        self.in_flight += len(batch)
         try:
             ids, mask = pad_batch([r for p in batch for r in p.rows], self.pad_id)
             logits = await asyncio.get_running_loop().run_in_executor(self._pool, self.run, ids, mask)
@@ -150,5 +148,4 @@ class Batcher:
                 self.on_batch(len(ids), started - min(p.enqueued for p in batch),
                               time.monotonic() - started)
         finally:
-            self.in_flight -= len(batch)
             self._slots.release()

@@ -10,15 +10,13 @@ from __future__ import annotations
 import os
 import re
 import shutil
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import torch
 from safetensors.torch import load_file, save_file
 
-from kiln.config import write_text_atomic
-from kiln.files import temp_dir, temp_file
+from kiln.files import fsync_file, temp_dir, write_text_atomic
 
 CHECKPOINTS = "checkpoints"
 LATEST = "latest"
@@ -54,7 +52,7 @@ def save_checkpoint(
         for f in extra_files:
             shutil.copy2(f, tmp / f.name)
         for f in tmp.iterdir():
-            _fsync_file(f)
+            fsync_file(f)
         if final.exists():  # the same step written again after a resume: replace it
             _remove_dir(final)
         os.rename(tmp, final)
@@ -109,20 +107,6 @@ def save_safetensors(state: dict[str, torch.Tensor], path: Path) -> None:
     save_file({k: v.detach().to("cpu").contiguous().clone() for k, v in state.items()}, str(path))
 
 
-def write_atomic(path: Path, write: Callable[[Path], None]) -> None:
-    """Call ``write(tmp)`` then rename ``tmp`` over ``path``."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = temp_file(path.parent, f".{path.name}.")
-    os.close(fd)
-    try:
-        write(tmp)
-        _fsync_file(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-
-
 def _rotate(root: Path, keep: int, protect: Path) -> None:
     steps = [p for p in list_checkpoints(root.parent) if p != protect]
     for old in steps[: max(0, len(steps) + 1 - keep)]:
@@ -134,11 +118,6 @@ def _remove_dir(path: Path) -> None:
     trash = path.with_name(f".tmp-trash-{path.name}-{os.getpid()}")
     os.rename(path, trash)
     shutil.rmtree(trash)
-
-
-def _fsync_file(path: Path) -> None:
-    with open(path, "rb") as f:
-        os.fsync(f.fileno())
 
 
 def _fsync_dir(path: Path) -> None:

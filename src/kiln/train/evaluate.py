@@ -14,11 +14,10 @@ from torch.nn import functional as F
 from kiln.data import (
     Batch,
     EncodedDataset,
-    PadCollator,
-    SortedBatchSampler,
     encode_labels,
     encode_texts,
     read_examples,
+    sorted_batches,
 )
 from kiln.models import load_model_dir, resolve_model_dir
 from kiln.train.metrics import EvalResult, summarize
@@ -67,9 +66,6 @@ def evaluate_file(
     labels = encode_labels(raw, loaded.label_names, path)
     dataset = EncodedDataset(encode_texts(loaded.tokenizer, [e.text for e in raw]), labels)
     pad = int(loaded.manifest["model"]["kwargs"].get("pad_id", 0))
-    batches = (
-        PadCollator(pad)([dataset[i] for i in idx])
-        for idx in SortedBatchSampler(dataset.lengths, batch_size)
-    )
+    batches = sorted_batches(dataset, pad, batch_size)
     result = evaluate(loaded.model, batches, len(loaded.label_names), torch.device("cpu"))
     return result, loaded.label_names

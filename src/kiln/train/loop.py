@@ -28,13 +28,9 @@ from kiln.data import (
     pad_id,
     prepare_data,
 )
+from kiln.files import write_atomic
 from kiln.models import build_manifest, build_model, model_kwargs, save_model_dir
-from kiln.train.checkpoint import (
-    load_checkpoint,
-    save_checkpoint,
-    save_safetensors,
-    write_atomic,
-)
+from kiln.train.checkpoint import load_checkpoint, save_checkpoint, save_safetensors
 from kiln.train.evaluate import evaluate
 from kiln.train.logger import RunLogger
 from kiln.train.metrics import EvalResult
@@ -187,9 +183,9 @@ def train(cfg: Config, *, fresh: bool = False, progress: bool | None = None) -> 
                     loss_sum += loss.detach()
                 scaler.unscale_(optimizer)  # clip the true gradients, not the fp16-scaled ones
                 grad_norm = nn.utils.clip_grad_norm_(model.parameters(), tc.max_grad_norm or math.inf)
-                # A non-finite loss or gradient skips the update (as the fp16 scaler does); this is a
-                # device sync point, once per step.
-                finite = bool(torch.isfinite(grad_norm)) and bool(torch.isfinite(loss))
+                # A non-finite loss makes every gradient non-finite, so the norm alone decides whether
+                # the update is skipped (as the fp16 scaler does). A device sync point, once per step.
+                finite = bool(torch.isfinite(grad_norm))
                 if finite or scaler.is_enabled():
                     scaler.step(optimizer)  # with fp16 the scaler itself skips inf/NaN steps
                 scaler.update()
