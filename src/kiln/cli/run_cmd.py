@@ -8,6 +8,7 @@ from typing import Any
 
 from kiln.bench import BenchSettings, bench_run
 from kiln.cli.common import add_config_arguments, config_help, resolve_config
+from kiln.cli.launch import add_launch_arguments, launch_training, wants_launch
 from kiln.export import export_run, format_parity_table, triton_run
 from kiln.train import format_confusion, train
 
@@ -21,12 +22,20 @@ def add_parser(sub: Any) -> None:
     )
     add_config_arguments(parser)
     parser.add_argument("--no-bench", action="store_true", help="skip the benchmark stage")
+    add_launch_arguments(parser)
     parser.set_defaults(handler=run)
 
 
 def run(args: argparse.Namespace) -> int:
     cfg = resolve_config(args.settings, args.fresh)
-    result = train(cfg, fresh=args.fresh)
+    if wants_launch(args):
+        # Training runs under torchrun; the stages after it run here, on the finished run
+        # (train() on it only reloads the final checkpoint and writes model/ again).
+        code = launch_training(args)
+        if code:
+            return code
+        cfg = resolve_config(args.settings, fresh=False)
+    result = train(cfg, fresh=args.fresh and not wants_launch(args))
     ev = result.eval
     print(f"\n[1/4] trained: {result.model_dir} (step {result.step})")
     if ev:

@@ -15,6 +15,7 @@ from kiln.config.schema import (
     Config,
     DataConfig,
     ModelConfig,
+    ProfilerConfig,
     TokenizerConfig,
     TrainConfig,
 )
@@ -24,6 +25,7 @@ __all__ = [
     "Config",
     "DataConfig",
     "ModelConfig",
+    "ProfilerConfig",
     "TokenizerConfig",
     "TrainConfig",
     "dump_config",

@@ -177,6 +177,30 @@ class TrainConfig(Section):
         5, ge=0, description="stop after N consecutive steps with a non-finite loss or gradient "
         "(each is skipped; 0 = never stop)"
     )
+    strategy: Literal["ddp", "fsdp"] = Field(
+        "ddp",
+        description="with several processes (kiln train --nproc-per-node N, or torchrun): ddp "
+        "replicates the model on every rank; fsdp (FSDP2 fully_shard) shards parameters, "
+        "gradients and optimizer state over the ranks, for models that do not fit one device",
+    )
+    compile: bool = Field(
+        False, description="run the model through torch.compile (saved weights stay plain)"
+    )
+    data_wait_warning: float = Field(
+        0.2, ge=0, le=1, description="warn when the loop waits for data more than this share of "
+        "its step time (0 = never)"
+    )
+
+
+class ProfilerConfig(Section):
+    wait: int = Field(2, ge=0, description="steps skipped before the profiler starts")
+    warmup: int = Field(2, ge=0, description="steps profiled but discarded (warm-up)")
+    active: int = Field(5, ge=1, description="steps recorded")
+    row_limit: int = Field(15, ge=1, description="operators in the printed table")
+
+    @property
+    def steps(self) -> int:
+        return self.wait + self.warmup + self.active
 
 
 class Config(Section):
@@ -186,6 +210,11 @@ class Config(Section):
     data: DataConfig = Field(default_factory=DataConfig)
     model: ModelConfig = Field(default_factory=ModelConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
+    profile: bool = Field(
+        False, description="profile the first profiler.* steps with torch.profiler: a trace in "
+        "tensorboard/profile/ and a table of the top operators"
+    )
+    profiler: ProfilerConfig = Field(default_factory=ProfilerConfig)
     versions: dict[str, str] | None = Field(
         None, description="written by kiln into config.yaml: versions that ran it; ignored on input"
     )

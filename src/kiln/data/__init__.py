@@ -7,6 +7,7 @@ from kiln.data.batching import (
     PadCollator,
     SortedBatchSampler,
     make_loader,
+    shard_batches,
     sorted_batches,
 )
 from kiln.data.labels import encode_labels, infer_label_names
@@ -28,6 +29,7 @@ __all__ = [
     "PreparedData",
     "RawExample",
     "SortedBatchSampler",
+    "shard_batches",
     "encode_labels",
     "encode_texts",
     "infer_label_names",

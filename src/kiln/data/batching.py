@@ -62,16 +62,22 @@ class EpochBatchSampler(Sampler[list[int]]):
 
     Because the order is recomputed from the seed, the sampler's whole state is (epoch, batches
     already taken), which is what makes resuming in the middle of an epoch exact.
+
+    With ``world_size`` > 1 (distributed training) the batches are global batches of
+    ``batch_size * world_size`` examples, the same for every rank, and each rank takes its slice of
+    each (see ``shard_batches``): the ranks together see exactly what one process with the larger
+    batch would.
     """
 
     def __init__(
         self, lengths: Sequence[int] | np.ndarray, batch_size: int, seed: int,
-        bucket_by_length: bool = False,
+        bucket_by_length: bool = False, rank: int = 0, world_size: int = 1,
     ) -> None:
         self.lengths = np.asarray(lengths)
-        self.batch_size = batch_size
+        self.batch_size = batch_size * world_size  # the global batch
         self.seed = seed
         self.bucket_by_length = bucket_by_length
+        self.rank, self.world_size = rank, world_size
         self.epoch = 0
         self.start = 0  # batches of this epoch to skip (set when resuming)
 
@@ -79,7 +85,11 @@ class EpochBatchSampler(Sampler[list[int]]):
         self.epoch, self.start = epoch, start
 
     def batches(self, epoch: int) -> list[list[int]]:
-        """All batches of ``epoch`` in order."""
+        """This rank's batches of ``epoch``, in order."""
+        return shard_batches(self.global_batches(epoch), self.rank, self.world_size)
+
+    def global_batches(self, epoch: int) -> list[list[int]]:
+        """All batches of ``epoch`` in order, before they are split between ranks."""
         g = torch.Generator().manual_seed(self.seed * 100_003 + epoch)
         order = torch.randperm(len(self.lengths), generator=g).tolist()
         if not self.bucket_by_length:
@@ -96,7 +106,8 @@ class EpochBatchSampler(Sampler[list[int]]):
         yield from self.batches(self.epoch)[self.start :]
 
     def __len__(self) -> int:
-        return (len(self.lengths) + self.batch_size - 1) // self.batch_size
+        full, rest = divmod(len(self.lengths), self.batch_size)
+        return full + (rest >= self.world_size if rest else 0)
 
     def state_dict(self) -> dict[str, int]:
         return {"seed": self.seed, "epoch": self.epoch, "start": self.start}
@@ -106,17 +117,50 @@ class EpochBatchSampler(Sampler[list[int]]):
 
 
 class SortedBatchSampler(Sampler[list[int]]):
-    """Batches of similar length in a fixed order, for evaluation (least padding, no shuffling)."""
+    """Batches of similar length in a fixed order, for evaluation (least padding, no shuffling).
 
-    def __init__(self, lengths: Sequence[int] | np.ndarray, batch_size: int) -> None:
-        order = np.argsort(np.asarray(lengths), kind="stable").tolist()
-        self._batches = [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
+    With ``world_size`` > 1 each rank gets an interleaved share of the length-sorted examples in
+    the same number of batches (collectives inside the model, as with FSDP, need the ranks in
+    step); the ranks together cover every example once.
+    """
+
+    def __init__(
+        self, lengths: Sequence[int] | np.ndarray, batch_size: int, rank: int = 0,
+        world_size: int = 1,
+    ) -> None:
+        order = np.argsort(np.asarray(lengths), kind="stable")
+        if world_size == 1:
+            self._batches = [order[i : i + batch_size].tolist()
+                             for i in range(0, len(order), batch_size)]
+            return
+        if len(order) < world_size:
+            raise ValueError(f"{len(order)} examples cannot be split over {world_size} processes")
+        per_rank = -(-len(order) // world_size)
+        num_batches = -(-per_rank // batch_size)
+        mine = order[rank::world_size]
+        self._batches = [b.tolist() for b in np.array_split(mine, num_batches) if len(b)]
+        if len(self._batches) != num_batches:
+            raise ValueError(f"{len(order)} examples cannot be split over {world_size} processes "
+                             f"in batches of {batch_size}")
 
     def __iter__(self) -> Iterator[list[int]]:
         return iter(self._batches)
 
     def __len__(self) -> int:
         return len(self._batches)
+
+
+def shard_batches(global_batches: list[list[int]], rank: int, world_size: int) -> list[list[int]]:
+    """Rank ``rank``'s part of each global batch: near-equal slices, so every rank gets the same
+    number of batches and the ranks together cover each global batch exactly once.
+
+    A global batch with fewer examples than ranks (only an epoch's last one can be) is dropped,
+    because every rank must take part in every step.
+    """
+    if world_size == 1:
+        return global_batches
+    return [np.array_split(np.asarray(b), world_size)[rank].tolist()
+            for b in global_batches if len(b) >= world_size]
 
 
 def sorted_batches(dataset: EncodedDataset, pad_id: int, batch_size: int) -> Iterator[Batch]:

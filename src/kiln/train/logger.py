@@ -89,6 +89,22 @@ class RunLogger:
                     self._tb.add_scalar(f"{prefix}/{key}", value, record["step"])
 
 
+class NullLogger:
+    """The logger of ranks other than 0 in distributed training: they write nothing."""
+
+    def log_train(self, step: int, scalars: dict[str, float]) -> None:
+        pass
+
+    def log_eval(self, step: int, result: EvalResult, epoch: int) -> None:
+        pass
+
+    def message(self, text: str) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
 def _truncate_after(path: Path, step: int) -> None:
     if not path.exists():
         return

@@ -38,11 +38,15 @@ def macro_f1(cm: np.ndarray) -> float:
 
 def summarize(loss_sum: float, labels: np.ndarray, preds: np.ndarray, num_classes: int) -> EvalResult:
     """Build an EvalResult from summed loss, true labels and predicted labels."""
-    n = len(labels)
-    cm = confusion_matrix(labels, preds, num_classes)
+    return from_confusion(loss_sum, confusion_matrix(labels, preds, num_classes))
+
+
+def from_confusion(loss_sum: float, cm: np.ndarray) -> EvalResult:
+    """Build an EvalResult from summed loss and a confusion matrix (true rows, predicted columns)."""
+    n = int(cm.sum())
     return EvalResult(
         loss=loss_sum / max(n, 1),
-        accuracy=float((labels == preds).mean()) if n else 0.0,
+        accuracy=float(np.trace(cm) / n) if n else 0.0,
         macro_f1=macro_f1(cm),
         confusion=cm.tolist(),
         num_examples=n,
