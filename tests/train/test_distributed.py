@@ -6,6 +6,7 @@ two-process run killed mid-epoch resumes to exactly where an uninterrupted one e
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -141,3 +142,40 @@ def test_killed_two_process_run_resumes_to_the_uninterrupted_result(
     wa = load_file(str(full / "model" / "model.safetensors"))
     wb = load_file(str(killed / "model" / "model.safetensors"))
     assert all(wa[k].equal(wb[k]) for k in wa), "every rank's data position and RNG must resume"
+
+
+@pytest.mark.slow
+def test_fsdp_checkpoint_resumes_in_one_process_with_the_same_global_batch(
+    small_dataset: tuple[Path, Path], tmp_path: Path, cli_env: dict[str, str]
+) -> None:
+    settings = {"model.dropout": 0.0, "train.max_steps": 12, "train.checkpoint_every": 3,
+                "train.keep_checkpoints": 10, "train.select": "last", "train.batch_size": 8,
+                "train.strategy": "fsdp", "train.log_every": 3}
+    sharded = tmp_path / "sharded"
+    done = subprocess.run(KILN + ["--nproc-per-node", "2"] + tiny_overrides(
+        *small_dataset, sharded, **settings), env=cli_env, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert "2 processes, fsdp" in done.stderr
+
+    # The same run stopped after step 6 and continued by one process: FSDP checkpoints hold
+    # full weights and optimizer state, so they load at any world size.
+    cut = tmp_path / "cut"
+    shutil.copytree(sharded, cut)
+    for ckpt in list_checkpoints(cut):
+        if int(ckpt.name[5:]) > 6:
+            shutil.rmtree(ckpt)
+    (cut / "checkpoints" / "latest").unlink()
+    shutil.rmtree(cut / "model")
+    single = tiny_overrides(*small_dataset, cut, **settings)
+    refused = subprocess.run(KILN + single, env=cli_env, capture_output=True, text=True)
+    assert refused.returncode == 2
+    assert "global batch of 16" in refused.stderr and "train.grad_accum_steps" in refused.stderr
+    resumed = subprocess.run(KILN + single + ["train.grad_accum_steps=2"], env=cli_env,
+                             capture_output=True, text=True)
+    assert resumed.returncode == 0, resumed.stderr
+    assert "resumed at step 6" in resumed.stderr
+
+    wa = load_file(str(sharded / "model" / "model.safetensors"))
+    wb = load_file(str(cut / "model" / "model.safetensors"))
+    assert all(torch.allclose(wa[k], wb[k], atol=1e-5) for k in wa)
+    assert np.allclose(train_losses(sharded), train_losses(cut), rtol=1e-5, atol=1e-6)

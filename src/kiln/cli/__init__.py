@@ -8,11 +8,21 @@ import traceback
 from collections.abc import Sequence
 
 import kiln
-from kiln.cli import bench_cmd, eval_cmd, export_cmd, run_cmd, serve_cmd, train_cmd, triton_cmd
+from kiln.cli import (
+    bench_cmd,
+    eval_cmd,
+    export_cmd,
+    profile_cmd,
+    run_cmd,
+    serve_cmd,
+    train_cmd,
+    triton_cmd,
+)
 from kiln.errors import KilnError
 from kiln.train.loop import TrainingDiverged
 
-SUBCOMMANDS = (train_cmd, run_cmd, eval_cmd, export_cmd, triton_cmd, bench_cmd, serve_cmd)
+SUBCOMMANDS = (train_cmd, run_cmd, eval_cmd, export_cmd, triton_cmd, bench_cmd, serve_cmd,
+               profile_cmd)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -31,7 +31,7 @@ from kiln.data import (
     pad_id,
     prepare_data,
 )
-from kiln.errors import ConfigError
+from kiln.errors import RunDirError
 from kiln.files import write_atomic
 from kiln.models import build_manifest, build_model, model_kwargs, save_model_dir
 from kiln.train.checkpoint import (
@@ -128,9 +128,6 @@ def _train(
 ) -> TrainResult:
     run_dir, tc = Path(cfg.run_dir), cfg.train
     precision = resolve_precision(tc.precision, device)
-    if tc.strategy == "fsdp" and not d.enabled:
-        raise ConfigError("train.strategy=fsdp shards the model over several processes: start "
-                          "them with kiln train --nproc-per-node N (or torchrun)")
     if tc.num_threads:
         torch.set_num_threads(tc.num_threads)
     # Rank 0 prepares the run directory, the tokenizer and the built-in data; the other ranks
@@ -158,7 +155,7 @@ def _train(
         seed_everything(cfg.seed + 1_000_003 * d.rank)  # different dropout masks on each rank
     # `model` stays the plain module (its state dict is what gets saved); `net` is what a step runs.
     net: nn.Module
-    if tc.strategy == "fsdp":
+    if tc.strategy == "fsdp" and d.enabled:
         net = shard_fsdp(model)
     else:
         net = wrap_ddp(model, d, device)
@@ -176,6 +173,7 @@ def _train(
     scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
     amp_dtype = autocast_dtype(precision)
     state = TrainState()
+    global_batch = tc.batch_size * tc.grad_accum_steps * d.world_size
     if checkpoint_state is not None:
         _, optim_state, trainer_state = checkpoint_state
         load_optimizer_state(model, optimizer, optim_state)
@@ -183,18 +181,14 @@ def _train(
         scaler.load_state_dict(trainer_state["scaler"])
         sampler.load_state_dict(trainer_state["sampler"])
         state.load_state_dict(trainer_state["progress"])
-        saved_world = trainer_state.get("world_size", 1)
         rngs = trainer_state.get("rng_ranks", [trainer_state["rng"]])
         restore_rng_state(rngs[d.rank] if d.rank < len(rngs) else rngs[0])
-        if saved_world != d.world_size:
-            # Same examples seen so far, as near as whole global batches allow; not bit-exact.
-            sampler.start = state.batch_in_epoch = state.batch_in_epoch * saved_world // d.world_size
+        _adapt_position(trainer_state, state, sampler, tc, d)
         del checkpoint_state
 
     log: RunLogger | NullLogger = (
         RunLogger(run_dir, total_steps, start_step=state.step, progress=progress)
         if d.is_main else NullLogger())
-    global_batch = tc.batch_size * tc.grad_accum_steps * d.world_size
     peak, peak_source = peak_flops(device, precision)
     log.message(
         f"kiln: {len(data.train)} train / {len(data.eval)} eval examples, "
@@ -204,6 +198,9 @@ def _train(
         f"processes{', ' + tc.strategy if d.enabled else ''}), {total_steps} steps"
         + (f", resumed at step {state.step}" if resume_from else "")
     )
+    if tc.strategy == "fsdp" and not d.enabled:
+        log.message("train.strategy=fsdp in one process: nothing to shard, training unsharded "
+                    "(start several with kiln train --nproc-per-node N)")
     if state.micro_split > 1:
         log.message(f"micro-batches split in {state.micro_split} (an earlier out-of-memory error)")
 
@@ -216,7 +213,8 @@ def _train(
                 run_dir, state.step, model_state, optim_state,
                 {"scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(),
                  "sampler": sampler.state_dict(), "progress": state.state_dict(),
-                 "rng": rngs[0], "rng_ranks": rngs, "world_size": d.world_size},
+                 "rng": rngs[0], "rng_ranks": rngs, "world_size": d.world_size,
+                 "global_batch": global_batch, "global_micro_batch": tc.batch_size * d.world_size},
                 keep=tc.keep_checkpoints, extra_files=(run_dir / CONFIG_FILE,),
             )
         barrier(d)
@@ -402,6 +400,27 @@ def _train(
                        label_names=data.label_names, loop_seconds=loop_seconds)
 
 
+def _adapt_position(
+    saved: dict[str, Any], state: TrainState, sampler: EpochBatchSampler, tc: TrainConfig, d: Dist
+) -> None:
+    """Resume at another world size (e.g. an FSDP run on 4 ranks continued on 2): the global batch
+    must stay the same; the position in the epoch is kept in examples.
+
+    Raises:
+        RunDirError: the global batch (batch_size x grad_accum_steps x processes) would change.
+    """
+    global_batch = tc.batch_size * tc.grad_accum_steps * d.world_size
+    if saved.get("global_batch", global_batch) != global_batch:
+        raise RunDirError(
+            f"the run was trained with a global batch of {saved['global_batch']} and this resume "
+            f"would use {global_batch} ({tc.batch_size} per device x {tc.grad_accum_steps} "
+            f"accumulation x {d.world_size} processes); set train.batch_size or "
+            "train.grad_accum_steps so that the global batch stays the same")
+    before, now = saved.get("global_micro_batch", sampler.batch_size), sampler.batch_size
+    if before != now:
+        sampler.start = state.batch_in_epoch = state.batch_in_epoch * before // now
+
+
 def _split_batch(batch: Batch, pieces: int) -> list[Batch]:
     """``batch`` cut into ``pieces`` smaller micro-batches along the batch dimension."""
     if pieces == 1:
@@ -417,7 +436,7 @@ def _gradient_sync(
     """Skip the gradient all-reduce on accumulation micro-steps; sync on the group's last one."""
     if not d.enabled:
         yield
-    elif strategy == "fsdp":
+    elif strategy == "fsdp":  # (with several processes)
         cast(Any, model).set_requires_gradient_sync(sync)  # FSDP2's per-module switch
         yield
     else:

@@ -13,10 +13,11 @@ import resource
 import sys
 import time
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import nn
-from torch.utils.flop_counter import FlopCounterMode
+from torch.utils.flop_counter import FlopCounterMode, sdpa_flop_count
 
 # Dense (no sparsity) peak tensor-core FLOP/s per GPU, from the vendors' data sheets:
 # (bf16/fp16, tf32, fp32). Matched against torch.cuda.get_device_name() by substring, in order.
@@ -51,6 +52,18 @@ class FlopModel:
         return 3.0 * batch_size * (self.linear * seq_len + self.quadratic * seq_len**2)
 
 
+def _cpu_flash_attention_flops(query_shape: Any, key_shape: Any, value_shape: Any, *args: Any,
+                               out_shape: Any = None, **kwargs: Any) -> int:
+    # FlopCounterMode knows the CUDA attention kernels but not the CPU one; same formula.
+    # (FlopCounterMode passes shapes, not tensors, to custom formulas.)
+    return int(sdpa_flop_count(query_shape, key_shape, value_shape))
+
+
+_EXTRA_FLOP_FORMULAS: dict[Any, Any] = {
+    torch.ops.aten._scaled_dot_product_flash_attention_for_cpu: _cpu_flash_attention_flops,
+}
+
+
 def count_flops(
     model: nn.Module, vocab_size: int, max_length: int, device: torch.device
 ) -> FlopModel:
@@ -64,7 +77,7 @@ def count_flops(
         for s in lengths:
             ids = (torch.arange(s, device=device) % max(1, vocab_size - 1) + 1).unsqueeze(0)
             mask = torch.ones_like(ids)
-            counter = FlopCounterMode(display=False)
+            counter = FlopCounterMode(display=False, custom_mapping=_EXTRA_FLOP_FORMULAS)
             with counter:
                 model(ids, mask)
             counts.append(float(counter.get_total_flops()))

@@ -25,6 +25,8 @@ RESUMABLE_CHANGES = {
     "train.early_stopping_patience",
     "train.num_threads",
     "train.max_bad_steps",
+    "train.batch_size",  # with grad_accum_steps: the global batch is checked to stay the same
+    "train.grad_accum_steps",
     "train.strategy",  # checkpoints hold full (unsharded) state, whatever the strategy
     "train.compile",
     "train.data_wait_warning",
