@@ -179,3 +179,18 @@ def test_fsdp_checkpoint_resumes_in_one_process_with_the_same_global_batch(
     wb = load_file(str(cut / "model" / "model.safetensors"))
     assert all(torch.allclose(wa[k], wb[k], atol=1e-5) for k in wa)
     assert np.allclose(train_losses(sharded), train_losses(cut), rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.slow
+def test_kiln_run_trains_under_torchrun_then_exports_in_the_parent(
+    small_dataset: tuple[Path, Path], tmp_path: Path, cli_env: dict[str, str]
+) -> None:
+    run = tmp_path / "run"
+    done = subprocess.run(
+        [sys.executable, "-m", "kiln", "run", "--no-bench", "--nproc-per-node", "2",
+         *tiny_overrides(*small_dataset, run, **{"train.max_steps": 4})],
+        env=cli_env, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert "2 processes, ddp" in done.stderr
+    assert "kiln run finished" in done.stdout
+    assert (run / "export" / "parity.json").exists() and (run / "triton").is_dir()

@@ -4,6 +4,7 @@ benchmark, and name the artifact to serve."""
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 from typing import Any
 
 from kiln.bench import BenchSettings, bench_run
@@ -11,6 +12,7 @@ from kiln.cli.common import add_config_arguments, config_help, resolve_config
 from kiln.cli.launch import add_launch_arguments, launch_training, wants_launch
 from kiln.export import export_run, format_parity_table, triton_run
 from kiln.train import format_confusion, train
+from kiln.train.loop import finished_result
 
 HELP = "the whole path on one config: train, evaluate, export, verify, package, benchmark"
 
@@ -28,14 +30,13 @@ def add_parser(sub: Any) -> None:
 
 def run(args: argparse.Namespace) -> int:
     cfg = resolve_config(args.settings, args.fresh)
-    if wants_launch(args):
-        # Training runs under torchrun; the stages after it run here, on the finished run
-        # (train() on it only reloads the final checkpoint and writes model/ again).
+    if wants_launch(args):  # training under torchrun, the stages after it here
         code = launch_training(args)
         if code:
             return code
-        cfg = resolve_config(args.settings, fresh=False)
-    result = train(cfg, fresh=args.fresh and not wants_launch(args))
+        result = finished_result(Path(cfg.run_dir))
+    else:
+        result = train(cfg, fresh=args.fresh)
     ev = result.eval
     print(f"\n[1/4] trained: {result.model_dir} (step {result.step})")
     if ev:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import itertools
+import json
 import math
 import time
 from collections.abc import Iterator
@@ -398,6 +399,23 @@ def _train(
     return TrainResult(run_dir=run_dir, model_dir=model_dir, eval=selected, step=state.step,
                        resumed_from=None if resume_from is None else int(resume_from.name[5:]),
                        label_names=data.label_names, loop_seconds=loop_seconds)
+
+
+def finished_result(run_dir: Path) -> TrainResult:
+    """The TrainResult of a run that finished in other processes (e.g. under torchrun), from its
+    model/kiln.json.
+
+    Raises:
+        RunDirError: the run has no model/ (training did not finish).
+    """
+    manifest_file = run_dir / "model" / "kiln.json"
+    if not manifest_file.exists():
+        raise RunDirError(f"{run_dir} has no finished model ({manifest_file} is missing)")
+    manifest = json.loads(manifest_file.read_text(encoding="utf-8"))
+    training = manifest["training"]
+    return TrainResult(run_dir=run_dir, model_dir=run_dir / "model", eval=training["eval"],
+                       step=training["total_steps"], resumed_from=None,
+                       label_names=tuple(manifest["labels"]), loop_seconds=0.0)
 
 
 def _adapt_position(
