@@ -7,14 +7,12 @@ server's speed, which is how bursty real traffic arrives.
 
 from __future__ import annotations
 
-import http.client
+import asyncio
 import json
 import random
-import threading
 import time
 from collections import Counter
 from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlparse
@@ -34,65 +32,28 @@ class LoadSettings:
 
 
 def run_load(url: str, texts: Sequence[str], settings: LoadSettings) -> dict[str, Any]:
-    """Drive the server at ``url`` with ``texts`` and report throughput, latency and errors."""
+    """Drive the server at ``url`` with ``texts`` and report throughput, latency and errors.
+
+    The clients are asyncio tasks on one event loop (uvloop when installed), each with its own
+    keep-alive connection and pre-built requests, so the generator costs little CPU per request
+    and leaves the machine to the server it measures.
+    """
     if not texts:
         raise ValueError("no texts to send")
     parsed = urlparse(url if "://" in url else f"http://{url}")
     host, port = parsed.hostname or "127.0.0.1", parsed.port or 80
     path = f"/v2/models/{settings.model}/infer"
     rng = random.Random(settings.seed)
-    bodies = [_body([rng.choice(texts) for _ in range(settings.texts_per_request)])
-              for _ in range(256)]
-    latencies: list[float] = []
-    statuses: Counter[str] = Counter()
-    lock = threading.Lock()
-    local = threading.local()
-    connections: list[http.client.HTTPConnection] = []
+    requests = [_request_bytes(host, port, path, [rng.choice(texts)
+                                                  for _ in range(settings.texts_per_request)])
+                for _ in range(256)]
+    run = _drive(host, port, requests, settings, rng)
+    try:
+        import uvloop
 
-    def send(i: int) -> None:
-        conn = getattr(local, "conn", None)
-        if conn is None:
-            conn = local.conn = http.client.HTTPConnection(host, port, timeout=settings.timeout_s)
-            with lock:
-                connections.append(conn)
-        start = time.perf_counter()
-        try:
-            conn.request("POST", path, bodies[i % len(bodies)], {"content-type": "application/json"})
-            response = conn.getresponse()
-            response.read()
-            status = str(response.status)
-        except (OSError, http.client.HTTPException) as exc:
-            conn.close()
-            local.conn = None
-            status = type(exc).__name__
-        elapsed = time.perf_counter() - start
-        with lock:
-            statuses[status] += 1
-            if status == "200":
-                latencies.append(elapsed)
-
-    start = time.perf_counter()
-    deadline = start + settings.duration_s
-    if settings.rate is None:
-        def client(worker: int) -> None:
-            i = worker
-            while time.perf_counter() < deadline:
-                send(i)
-                i += settings.concurrency
-
-        with ThreadPoolExecutor(settings.concurrency) as pool:
-            list(pool.map(client, range(settings.concurrency)))
-    else:
-        with ThreadPoolExecutor(settings.concurrency) as pool:
-            i, next_at = 0, start
-            while next_at < deadline:
-                time.sleep(max(0.0, next_at - time.perf_counter()))
-                pool.submit(send, i)
-                i += 1
-                next_at += rng.expovariate(settings.rate)
-    elapsed = time.perf_counter() - start
-    for conn in connections:
-        conn.close()
+        latencies, statuses, elapsed = uvloop.run(run)
+    except ImportError:
+        latencies, statuses, elapsed = asyncio.run(run)
     ms = 1e3 * np.asarray(latencies) if latencies else np.zeros(1)
     ok = statuses.get("200", 0)
     return {
@@ -104,6 +65,101 @@ def run_load(url: str, texts: Sequence[str], settings: LoadSettings) -> dict[str
         "latency_ms": {"p50": float(np.percentile(ms, 50)), "p95": float(np.percentile(ms, 95)),
                        "p99": float(np.percentile(ms, 99)), "mean": float(ms.mean())},
     }
+
+
+async def _drive(
+    host: str, port: int, requests: list[bytes], settings: LoadSettings, rng: random.Random
+) -> tuple[list[float], Counter[str], float]:
+    latencies: list[float] = []
+    statuses: Counter[str] = Counter()
+    idle: list[_Connection] = []  # open keep-alive connections not in use
+
+    async def send(i: int) -> None:
+        conn = idle.pop() if idle else None
+        start = time.perf_counter()
+        try:
+            if conn is None:
+                conn = _Connection(*await asyncio.wait_for(
+                    asyncio.open_connection(host, port), settings.timeout_s))
+            status = str(await asyncio.wait_for(conn.send(requests[i % len(requests)]),
+                                                settings.timeout_s))
+        except (OSError, asyncio.IncompleteReadError, asyncio.TimeoutError, ValueError) as exc:
+            status = type(exc).__name__
+            if conn is not None:
+                conn.close()
+            conn = None
+        elapsed = time.perf_counter() - start
+        statuses[status] += 1
+        if status == "200":
+            latencies.append(elapsed)
+        if conn is not None and conn.reusable:
+            idle.append(conn)
+        elif conn is not None:
+            conn.close()
+
+    start = time.perf_counter()
+    deadline = start + settings.duration_s
+    if settings.rate is None:
+        async def client(worker: int) -> None:
+            i = worker
+            while time.perf_counter() < deadline:
+                await send(i)
+                i += settings.concurrency
+
+        await asyncio.gather(*(client(w) for w in range(settings.concurrency)))
+    else:
+        slots = asyncio.Semaphore(settings.concurrency)  # at most this many in flight
+
+        async def one(i: int) -> None:
+            async with slots:
+                await send(i)
+
+        tasks, i, next_at = [], 0, start
+        while next_at < deadline:
+            await asyncio.sleep(max(0.0, next_at - time.perf_counter()))
+            tasks.append(asyncio.create_task(one(i)))
+            i += 1
+            next_at += rng.expovariate(settings.rate)
+        await asyncio.gather(*tasks)
+    elapsed = time.perf_counter() - start
+    for conn in idle:
+        conn.close()
+    await asyncio.gather(*(c.writer.wait_closed() for c in idle), return_exceptions=True)
+    return latencies, statuses, elapsed
+
+
+class _Connection:
+    """One HTTP/1.1 keep-alive connection: sends a pre-built request, reads one response."""
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.reader, self.writer = reader, writer
+        self.reusable = True
+
+    async def send(self, request: bytes) -> int:
+        """The response's status code (the body is read and dropped)."""
+        self.writer.write(request)
+        head = await self.reader.readuntil(b"\r\n\r\n")
+        lines = head.decode("latin-1").split("\r\n")
+        status = int(lines[0].split(" ", 2)[1])
+        headers = {k.strip().lower(): v.strip() for k, _, v in
+                   (line.partition(":") for line in lines[1:] if line)}
+        if headers.get("transfer-encoding", "").lower() == "chunked":
+            while size := int((await self.reader.readuntil(b"\r\n")).split(b";")[0], 16):
+                await self.reader.readexactly(size + 2)
+            await self.reader.readuntil(b"\r\n")
+        else:
+            await self.reader.readexactly(int(headers.get("content-length", "0")))
+        self.reusable = headers.get("connection", "").lower() != "close"
+        return status
+
+    def close(self) -> None:
+        self.writer.close()
+
+
+def _request_bytes(host: str, port: int, path: str, texts: list[str]) -> bytes:
+    body = _body(texts)
+    return (f"POST {path} HTTP/1.1\r\nHost: {host}:{port}\r\nContent-Type: application/json\r\n"
+            f"Content-Length: {len(body)}\r\n\r\n").encode() + body
 
 
 def _body(texts: list[str]) -> bytes:

@@ -32,6 +32,9 @@ def add_parser(sub: Any) -> None:
     parser.add_argument("--timeout", type=float, default=30.0, help="per-request seconds (default 30)")
     parser.add_argument("--max-request-bytes", type=int, default=4 * 1024 * 1024)
     parser.add_argument("--threads", type=int, help="CPU threads per model instance")
+    parser.add_argument("--spin-wait", action="store_true",
+                        help="let idle ONNX Runtime threads spin for the next batch (lower "
+                        "latency on a machine with cores to spare; default: they sleep)")
     parser.add_argument("--api-key", default=os.environ.get("KILN_API_KEY"),
                         help="require 'Authorization: Bearer KEY' (default: $KILN_API_KEY); "
                         "required when --host is not local")
@@ -55,7 +58,7 @@ def run(args: argparse.Namespace) -> int:
         max_batch_size=args.max_batch_size, max_queue_delay_ms=args.max_queue_delay_ms,
         max_queue_size=args.max_queue_size, instances=args.instances, timeout_s=args.timeout,
         max_request_bytes=args.max_request_bytes, api_key=args.api_key, threads=args.threads,
-        artifact=args.artifact)
+        artifact=args.artifact, spin_wait=args.spin_wait)
     app = build_app(repository, settings)
     served = ", ".join(f"{m} (versions {', '.join(sorted(v, key=int))})" for m, v in repository.items())
     print(f"kiln serve: http://{args.host}:{args.port}  models: {served}", flush=True)

@@ -54,7 +54,9 @@ class OrtBackend:
     """An ONNX Runtime CPU (or CUDA) session over one ONNX file."""
 
     def __init__(self, path: str | os.PathLike[str], *, threads: int | None = None,
-                 providers: list[str] | None = None) -> None:
+                 providers: list[str] | None = None, spin_wait: bool = True) -> None:
+        """``spin_wait``: idle intra-op threads spin for the next run (lowest latency when runs
+        come back to back); off, they sleep and leave the CPU to other work, as a server needs."""
         import onnxruntime as ort
 
         options = ort.SessionOptions()
@@ -62,6 +64,9 @@ class OrtBackend:
         if threads:
             options.intra_op_num_threads = threads
             options.inter_op_num_threads = 1
+        options.add_session_config_entry("session.intra_op.allow_spinning",
+                                         "1" if spin_wait else "0")
+        self.spin_wait = spin_wait
         self.path = Path(path)
         self.session = ort.InferenceSession(
             str(self.path), options, providers=providers or ["CPUExecutionProvider"])
@@ -80,7 +85,8 @@ class OrtBackend:
 
         return {"backend": "onnxruntime", "file": self.path.name,
                 "providers": self.session.get_providers(),
-                "intra_op_threads": self.threads or "default", "onnxruntime": ort.__version__}
+                "intra_op_threads": self.threads or "default", "spin_wait": self.spin_wait,
+                "onnxruntime": ort.__version__}
 
 
 class OpenVinoBackend:

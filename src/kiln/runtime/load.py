@@ -35,7 +35,7 @@ def list_artifacts(folder: Path, manifest: dict[str, Any]) -> list[str]:
 
 def load_predictor(
     path: str | os.PathLike[str], artifact: str | None = None, *, threads: int | None = None,
-    allow_failed: bool = False,
+    allow_failed: bool = False, spin_wait: bool = True,
 ) -> Predictor:
     """A Predictor over ``artifact``; by default the one `kiln bench` measured fastest, else the
     export's recommended one, else torch-fp32.
@@ -50,7 +50,8 @@ def load_predictor(
     name = (artifact or _benchmarked_choice(folder, manifest)
             or manifest.get("export", {}).get("recommended") or "torch-fp32")
     tokenizer = Tokenizer.from_file(str(folder / manifest["tokenizer"]))
-    backend = make_backend(folder, manifest, name, threads=threads, allow_failed=allow_failed)
+    backend = make_backend(folder, manifest, name, threads=threads, allow_failed=allow_failed,
+                           spin_wait=spin_wait)
     return Predictor(backend=backend, tokenizer=tokenizer, label_names=list(manifest["labels"]),
                      max_length=int(manifest["max_length"]),
                      pad_id=int(manifest["model"]["kwargs"].get("pad_id", 0)))
@@ -70,7 +71,7 @@ def _benchmarked_choice(folder: Path, manifest: dict[str, Any]) -> str | None:
 
 
 def make_backend(folder: Path, manifest: dict[str, Any], name: str, *, threads: int | None = None,
-                 allow_failed: bool = False) -> Backend:
+                 allow_failed: bool = False, spin_wait: bool = True) -> Backend:
     # torch-fp32 is the trained model itself: always there, never parity-checked
     entry: dict[str, Any] | None = (
         {"passed": True} if name == "torch-fp32" else manifest.get("artifacts", {}).get(name))
@@ -84,4 +85,4 @@ def make_backend(folder: Path, manifest: dict[str, Any], name: str, *, threads: 
         return TorchBackend(model, int8=name == "torch-int8", threads=threads)
     if entry.get("backend") == "openvino":
         return OpenVinoBackend(folder / entry["file"], threads=threads)
-    return OrtBackend(folder / entry["file"], threads=threads)
+    return OrtBackend(folder / entry["file"], threads=threads, spin_wait=spin_wait)

@@ -47,6 +47,9 @@ class ServeSettings:
     api_key: str | None = None
     threads: int | None = None
     artifact: str | None = None
+    # Idle inference threads sleep instead of spinning: request handling needs the CPU between
+    # batches (ONNX Runtime's session.intra_op.allow_spinning).
+    spin_wait: bool = False
 
 
 def build_app(repository: Repository, settings: ServeSettings = ServeSettings()) -> Starlette:
@@ -57,7 +60,7 @@ def build_app(repository: Repository, settings: ServeSettings = ServeSettings())
     async def load(name: str, version: str, folder: Path) -> Served:
         start = time.monotonic()
         predictor = await asyncio.to_thread(load_predictor, folder, settings.artifact,
-                                            threads=settings.threads)
+                                            threads=settings.threads, spin_wait=settings.spin_wait)
         await asyncio.to_thread(predictor.predict, ["warm up"] * min(4, settings.max_batch_size))
 
         def on_batch(size: int, queued: float, compute: float) -> None:
