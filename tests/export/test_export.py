@@ -120,3 +120,32 @@ def test_openvino_artifacts_predict_like_the_trained_model(exported_run: Path) -
     np.testing.assert_allclose(fp32.logits, reference.logits, atol=1e-4)
     np.testing.assert_allclose(int8.logits, reference.logits, atol=0.5)
     assert (exported_run / "export" / "model.ov-int8.bin").exists()
+
+
+def test_fusable_twin_loads_the_trained_weights_and_gives_the_same_logits() -> None:
+    import torch
+
+    from kiln.export.fusable import fusable_copy
+    from kiln.models.transformer import TransformerClassifier
+
+    torch.manual_seed(0)
+    for pooling in ("mean", "cls"):
+        model = TransformerClassifier(vocab_size=300, num_labels=3, max_length=40, embed_dim=32,
+                                      num_heads=4, num_layers=3, ff_dim=64, pooling=pooling).eval()
+        twin = fusable_copy(model)
+        assert twin is not None
+        ids = torch.randint(1, 300, (4, 40))
+        mask = torch.ones_like(ids)
+        for row, length in enumerate((40, 23, 5, 1)):
+            mask[row, length:] = 0
+            ids[row, length:] = 0
+        with torch.no_grad():
+            assert torch.allclose(model(ids, mask), twin(ids, mask), atol=1e-5)
+
+
+def test_ort_fuses_attention_in_every_layer(exported_run: Path) -> None:
+    manifest = json.loads((exported_run / "export" / "kiln.json").read_text())
+    layers = manifest["model"]["kwargs"]["num_layers"]
+    fused = manifest["export"]["ort_fused_operators"]
+    assert fused.get("Attention") == layers, fused
+    assert fused.get("SkipLayerNormalization", 0) >= layers

@@ -56,6 +56,30 @@ def export_onnx(model: nn.Module, path: Path, max_length: int, opset: int = 18) 
     return path
 
 
+def export_onnx_torchscript(model: nn.Module, path: Path, max_length: int, opset: int = 17) -> Path:
+    """The TorchScript exporter, for models written with explicit reshapes (FusableClassifier):
+    its graphs keep the Shape/Reshape/Transpose pattern ONNX Runtime's BERT fusions match.
+
+    Raises:
+        ExportError: the exported graph fails or disagrees with the model at some shape.
+    """
+    model = model.eval()
+    example = torch.full((2, min(8, max_length)), 5, dtype=torch.long)
+    axes = {0: "batch", 1: "sequence"}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the TorchScript exporter is deprecated upstream
+        torch.onnx.export(
+            model, (example, torch.ones_like(example)), str(tmp), dynamo=False,
+            opset_version=opset, input_names=INPUT_NAMES, output_names=OUTPUT_NAMES,
+            dynamic_axes={"input_ids": axes, "attention_mask": axes, "logits": {0: "batch"}},
+        )
+    tmp.replace(path)
+    check_dynamic_shapes(model, path, max_length)
+    return path
+
+
 def check_dynamic_shapes(model: nn.Module, path: Path, max_length: int) -> None:
     """Run the ONNX file at batch 1..64 and lengths 1..max_length (with padding) against ``model``.
 

@@ -15,14 +15,20 @@ import onnx
 def optimize_for_ort(src: Path, dst: Path, num_heads: int, hidden_size: int) -> dict[str, int]:
     """ONNX Runtime's transformer optimizer (LayerNorm, GELU, attention fusions where they match).
 
+    The fused Attention keeps the raw 0/1 attention mask, so it is right for any padding layout a
+    client sends (ORT's default turns the mask into lengths, which assumes right padding).
+
     Returns:
         The fused operator counts the optimizer reports.
     """
+    from onnxruntime.transformers.fusion_options import FusionOptions
     from onnxruntime.transformers.optimizer import optimize_model
 
+    options = FusionOptions("bert")
+    options.use_raw_attention_mask(True)
     with _quiet():
         opt = optimize_model(str(src), model_type="bert", num_heads=num_heads,
-                             hidden_size=hidden_size, opt_level=1)
+                             hidden_size=hidden_size, opt_level=1, optimization_options=options)
         stats = {k: int(v) for k, v in opt.get_fused_operator_statistics().items() if v}
         opt.save_model_to_file(str(dst))
     return stats

@@ -16,7 +16,8 @@ import numpy as np
 from kiln.config import load_config
 from kiln.data import EncodedDataset, PadCollator, prepare_data, sorted_batches
 from kiln.errors import RunDirError
-from kiln.export.onnx_export import export_onnx
+from kiln.export.fusable import fusable_copy
+from kiln.export.onnx_export import export_onnx, export_onnx_torchscript
 from kiln.export.onnx_optimize import (
     convert_fp16,
     optimize_for_ort,
@@ -43,6 +44,7 @@ FILES = {"torch-int8": "model.safetensors", "onnx-fp32": "model.onnx", "onnx-opt
          "onnx-int8-dynamic": "model.int8.onnx", "onnx-int8-static": "model.int8-static.onnx",
          "onnx-fp16": "model.fp16.onnx", "openvino-fp32": "model.ov.xml",
          "openvino-int8": "model.ov-int8.xml"}
+FUSABLE_FILE = "model.fusable.onnx"  # intermediate: the fusable twin before ORT optimisation
 PRECISION = {"torch-int8": "int8", "onnx-fp32": "fp32", "onnx-opt": "fp32",
              "onnx-int8-dynamic": "int8", "onnx-int8-static": "int8", "onnx-fp16": "fp16",
              "openvino-fp32": "fp32", "openvino-int8": "int8"}
@@ -116,8 +118,16 @@ def export_run(
         if needs_onnx:
             export_onnx(loaded.model, onnx_path, int(loaded.manifest["max_length"]))
         if "onnx-opt" in artifacts or "onnx-int8-dynamic" in artifacts:
-            fused = optimize_for_ort(onnx_path, work / FILES["onnx-opt"], kwargs["num_heads"],
+            # The fusable twin of the model (same weights, BERT's operator pattern) lets ORT fuse
+            # attention; models without one are optimised from model.onnx.
+            twin = fusable_copy(loaded.model)
+            source = onnx_path
+            if twin is not None:
+                source = export_onnx_torchscript(twin, work / FUSABLE_FILE,
+                                                 int(loaded.manifest["max_length"]))
+            fused = optimize_for_ort(source, work / FILES["onnx-opt"], kwargs["num_heads"],
                                      kwargs["embed_dim"])
+            (work / FUSABLE_FILE).unlink(missing_ok=True)
         if "onnx-int8-dynamic" in artifacts:
             quantize_dynamic_int8(work / FILES["onnx-opt"], work / FILES["onnx-int8-dynamic"])
         if "onnx-int8-static" in artifacts:
