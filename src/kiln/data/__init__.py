@@ -16,6 +16,7 @@ from kiln.data.tokenizer import (
     encode_texts,
     load_tokenizer,
     pad_id,
+    pretrained_tokenizer,
     save_tokenizer,
     train_tokenizer,
 )
@@ -34,6 +35,7 @@ __all__ = [
     "load_tokenizer",
     "make_loader",
     "pad_id",
+    "pretrained_tokenizer",
     "prepare_data",
     "read_examples",
     "save_tokenizer",

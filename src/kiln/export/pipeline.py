@@ -30,7 +30,7 @@ from kiln.export.openvino_export import (
 )
 from kiln.export.parity import EvalBatch, Parity, Tolerance, measure_parity, run_backend
 from kiln.files import replace_dir, temp_dir
-from kiln.models import MANIFEST, file_digest, load_model_dir
+from kiln.models import MANIFEST, file_digest, load_model_dir, ort_optimizer_options
 from kiln.runtime.backends import OpenVinoBackend, OrtBackend, TorchBackend
 from kiln.runtime.predictor import Backend
 
@@ -116,8 +116,9 @@ def export_run(
         if needs_onnx:
             export_onnx(loaded.model, onnx_path, int(loaded.manifest["max_length"]))
         if "onnx-opt" in artifacts or "onnx-int8-dynamic" in artifacts:
-            fused = optimize_for_ort(onnx_path, work / FILES["onnx-opt"], kwargs["num_heads"],
-                                     kwargs["embed_dim"])
+            fused = optimize_for_ort(onnx_path, work / FILES["onnx-opt"],
+                                     **ort_optimizer_options(loaded.manifest["model"]["name"],
+                                                             kwargs))
         if "onnx-int8-dynamic" in artifacts:
             quantize_dynamic_int8(work / FILES["onnx-opt"], work / FILES["onnx-int8-dynamic"])
         if "onnx-int8-static" in artifacts:

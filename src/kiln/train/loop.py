@@ -29,7 +29,7 @@ from kiln.data import (
     prepare_data,
 )
 from kiln.files import write_atomic
-from kiln.models import build_manifest, build_model, model_kwargs, save_model_dir
+from kiln.models import build_manifest, init_model, model_kwargs, save_model_dir
 from kiln.train.checkpoint import load_checkpoint, save_checkpoint, save_safetensors
 from kiln.train.evaluate import evaluate
 from kiln.train.logger import RunLogger
@@ -98,7 +98,7 @@ def train(cfg: Config, *, fresh: bool = False, progress: bool | None = None) -> 
     kwargs = model_kwargs(cfg.model, vocab_size=data.tokenizer.get_vocab_size(),
                           num_labels=len(data.label_names), max_length=cfg.data.max_length,
                           pad_id=pad)
-    model = build_model(cfg.model.name, kwargs).to(device)
+    model = init_model(cfg.model, kwargs).to(device)
     optimizer = make_optimizer(model, tc)
     sampler = EpochBatchSampler(data.train.lengths, tc.batch_size, cfg.seed, cfg.data.bucket_by_length)
     loader = make_loader(data.train, sampler, cfg.data, pad, cfg.seed)
