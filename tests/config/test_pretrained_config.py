@@ -12,6 +12,7 @@ from kiln.config import dump_config, load_config
 from kiln.config.pretrained import max_positions, resolve_pretrained_dir
 from kiln.data import prepare_data
 from kiln.errors import ConfigError
+from kiln.train import train
 
 
 def test_hf_encoder_needs_model_path() -> None:
@@ -87,3 +88,13 @@ def test_roberta_style_position_offset_is_not_usable_length() -> None:
     assert max_positions({"model_type": "bert", "max_position_embeddings": 512}) == 512
     assert max_positions({"model_type": "roberta", "max_position_embeddings": 514,
                           "pad_token_id": 1}) == 512
+
+
+def test_training_from_a_missing_folder_fails_before_any_step(
+        small_dataset: tuple[Path, Path], tmp_path: Path) -> None:
+    cfg = load_config(overrides=[
+        "model.name=hf_encoder", f"model.path={tmp_path / 'nowhere'}",
+        f"data.train={small_dataset[0]}", f"run_dir={tmp_path / 'run'}"])
+    with pytest.raises(ConfigError, match="model.path .*nowhere is not a folder"):
+        train(cfg, progress=False)
+    assert not (tmp_path / "run" / "checkpoints").exists()

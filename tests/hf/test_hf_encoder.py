@@ -16,6 +16,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from kiln.bench import BenchSettings, bench_run
 from kiln.config import load_config
 from kiln.config.pretrained import resolve_pretrained_dir
 from kiln.data import encode_texts, prepare_data, pretrained_tokenizer
@@ -189,3 +190,12 @@ def test_predictor_and_server_answer_like_the_trained_model(hf_run: Path) -> Non
     assert status == 200, answer
     outputs = {o["name"]: o for o in answer["outputs"]}
     assert outputs["label"]["data"] == list(reference.labels)
+
+
+def test_bench_times_the_encoders_artifacts_against_eager(hf_run: Path) -> None:
+    settings = BenchSettings(threads=1, texts=3, batch_size=4, warmup=1, min_seconds=0.05,
+                             artifacts=["onnx-opt"])
+    report = bench_run(hf_run, settings)
+    assert set(report["results"]) == {"torch-fp32", "onnx-opt"}
+    for result in report["results"].values():
+        assert result["throughput_real"]["samples_per_s"] > 0

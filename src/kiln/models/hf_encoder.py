@@ -62,7 +62,10 @@ class HFEncoderClassifier(nn.Module):
                               f"{model_type!r}: {exc}") from None
         self.pooling = pooling
         self.pad_id = pad_id
-        self.encoder = transformers.AutoModel.from_config(hf_config, attn_implementation="sdpa")
+        try:  # PyTorch's fused attention where the architecture supports it
+            self.encoder = transformers.AutoModel.from_config(hf_config, attn_implementation="sdpa")
+        except ValueError:
+            self.encoder = transformers.AutoModel.from_config(hf_config)
         if getattr(self.encoder, "pooler", None) is not None:
             # BERT's pooler is unused (pooling is ours); parameters without gradients would also
             # make DistributedDataParallel fail.
@@ -100,9 +103,8 @@ def load_pretrained_encoder(model: HFEncoderClassifier, folder: Path) -> None:
         ConfigError: the weights do not fit the encoder built from the same folder's config.
     """
     transformers = _transformers()
-    try:
-        pretrained = transformers.AutoModel.from_pretrained(
-            str(folder), local_files_only=True, attn_implementation="sdpa")
+    try:  # only the weights are kept: the attention implementation does not matter here
+        pretrained = transformers.AutoModel.from_pretrained(str(folder), local_files_only=True)
     except (OSError, ValueError) as exc:
         raise ConfigError(f"model.path {folder}: the pretrained weights cannot be loaded: {exc}") \
             from None
