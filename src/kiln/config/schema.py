@@ -82,12 +82,26 @@ class DataConfig(Section):
         return self
 
 
+# Size fields of the from-scratch transformer; a pretrained encoder takes its sizes from its folder.
+SIZE_FIELDS = ("vocab_size", "embed_dim", "num_heads", "num_layers", "ff_dim")
+
+
 class ModelConfig(Section):
-    name: Literal["transformer"] = Field("transformer", description="model in the registry")
+    name: Literal["transformer", "hf_encoder"] = Field(
+        "transformer",
+        description="model in the registry: transformer (trained from scratch with its own "
+        "tokenizer) or hf_encoder (a pretrained Hugging Face encoder from model.path, fine-tuned "
+        "with a new classification head; needs kiln[hf])",
+    )
+    path: str | None = Field(
+        None,
+        description="hf_encoder only: a local Hugging Face model folder (config.json, weights, "
+        "tokenizer), loaded offline; 'minilm' = all-MiniLM-L6-v2 as packaged by kiln[hf]",
+    )
     preset: Literal["tiny", "small", "reference"] = Field(
         "small",
-        description="fills the size fields left unset: tiny (tests), small (CPU default), "
-        "reference (embed 512, 8 heads, 6 layers, vocabulary 10000)",
+        description="transformer only: fills the size fields left unset: tiny (tests), small "
+        "(CPU default), reference (embed 512, 8 heads, 6 layers, vocabulary 10000)",
     )
     vocab_size: int = Field(
         0, ge=0, description="tokenizer vocabulary to train (0 = from preset)"
@@ -96,7 +110,10 @@ class ModelConfig(Section):
     num_heads: int = Field(0, ge=0, description="attention heads (0 = from preset)")
     num_layers: int = Field(0, ge=0, description="encoder layers (0 = from preset)")
     ff_dim: int = Field(0, ge=0, description="feed-forward width (0 = from preset)")
-    dropout: float = Field(0.1, ge=0, lt=1, description="dropout in embeddings and encoder layers")
+    dropout: float = Field(
+        0.1, ge=0, lt=1, description="dropout in embeddings and encoder layers (hf_encoder: before "
+        "the new head; the encoder keeps the dropout of its config.json)"
+    )
     pooling: Literal["mean", "cls"] = Field(
         "mean", description="mean over real tokens, or the first ([CLS]) token"
     )
@@ -107,8 +124,10 @@ class ModelConfig(Section):
         if not isinstance(data, dict):
             return data
         preset = data.get("preset", "small")
-        if preset not in MODEL_PRESETS:
-            return data  # the Literal check reports it
+        if data.get("name") == "hf_encoder" or preset not in MODEL_PRESETS:
+            # a pretrained encoder's sizes come from its config.json; an unknown preset is
+            # reported by the Literal check
+            return data
         filled = dict(data)
         for key, value in MODEL_PRESETS[preset].items():
             if filled.get(key) in (None, 0):
@@ -117,6 +136,11 @@ class ModelConfig(Section):
 
     @model_validator(mode="after")
     def _heads_divide_width(self) -> ModelConfig:
+        if self.name == "hf_encoder":
+            return self._check_pretrained()
+        if self.path is not None:
+            raise ValueError("model.path is only read by model.name=hf_encoder; remove it or set "
+                             "model.name=hf_encoder")
         if self.embed_dim % self.num_heads:
             raise ValueError(
                 f"model.embed_dim ({self.embed_dim}) must be divisible by "
@@ -124,6 +148,18 @@ class ModelConfig(Section):
             )
         if self.vocab_size < 16:
             raise ValueError(f"model.vocab_size must be at least 16, got {self.vocab_size}")
+        return self
+
+    def _check_pretrained(self) -> ModelConfig:
+        # Whether the folder exists is checked when training reads it (kiln.config.pretrained), so
+        # that a finished run's config.yaml still loads where the original folder is absent.
+        if not self.path:
+            raise ValueError("model.name=hf_encoder needs model.path: a local Hugging Face model "
+                             "folder, or model.path=minilm for the packaged all-MiniLM-L6-v2")
+        sizes = [f"model.{k}={getattr(self, k)}" for k in SIZE_FIELDS if getattr(self, k)]
+        if sizes:
+            raise ValueError(f"{', '.join(sizes)} cannot be set with model.name=hf_encoder: a "
+                             "pretrained encoder's sizes and vocabulary come from model.path")
         return self
 
 
@@ -218,3 +254,10 @@ class Config(Section):
     versions: dict[str, str] | None = Field(
         None, description="written by kiln into config.yaml: versions that ran it; ignored on input"
     )
+
+    @model_validator(mode="after")
+    def _pretrained_tokenizer_is_not_trained(self) -> Config:
+        if self.model.name == "hf_encoder" and self.data.tokenizer != TokenizerConfig():
+            raise ValueError("data.tokenizer.* cannot be set with model.name=hf_encoder: the "
+                             "pretrained encoder's own tokenizer is used, not a trained one")
+        return self

@@ -17,6 +17,7 @@ from kiln.data.tokenizer import (
     encode_texts,
     load_tokenizer,
     pad_id,
+    pretrained_tokenizer,
     save_tokenizer,
     train_tokenizer,
 )
@@ -37,6 +38,7 @@ __all__ = [
     "make_loader",
     "pad_id",
     "prepare_data",
+    "pretrained_tokenizer",
     "read_examples",
     "save_tokenizer",
     "sorted_batches",

@@ -8,6 +8,7 @@ from pathlib import Path
 from tokenizers import Tokenizer
 
 from kiln.config import Config
+from kiln.config.pretrained import max_positions, read_pretrained_config, resolve_pretrained_dir
 from kiln.data import builtin
 from kiln.data.batching import EncodedDataset
 from kiln.data.labels import encode_labels, infer_label_names
@@ -15,9 +16,11 @@ from kiln.data.readers import RawExample, read_examples, split_holdout
 from kiln.data.tokenizer import (
     encode_texts,
     load_tokenizer,
+    pretrained_tokenizer,
     save_tokenizer,
     train_tokenizer,
 )
+from kiln.errors import ConfigError
 
 
 @dataclass(frozen=True)
@@ -36,12 +39,14 @@ class PreparedData:
 def prepare_data(cfg: Config, run_dir: Path) -> PreparedData:
     """Read and encode the train and eval data of ``cfg``.
 
-    The tokenizer is trained on the training split only and saved as ``run_dir/tokenizer.json``;
-    if that file exists (a resumed run) it is loaded instead, so a resume never retrains it.
+    The tokenizer is trained on the training split only (or, for ``model.name=hf_encoder``, is the
+    pretrained model's own) and saved as ``run_dir/tokenizer.json``; if that file exists (a resumed
+    run, an export) it is loaded instead, so a resume never retrains it.
     With no ``data.train`` the built-in dataset is generated into ``run_dir/data/``.
 
     Raises:
-        DataError: any bad file, line or label.
+        DataError: any bad file, line or label. ConfigError: a pretrained model.path that cannot
+            be used, or a data.max_length longer than its positions.
     """
     train_path, eval_path = _data_paths(cfg, run_dir)
     d = cfg.data
@@ -58,9 +63,7 @@ def prepare_data(cfg: Config, run_dir: Path) -> PreparedData:
     if tok_path.exists():
         tok = load_tokenizer(tok_path)
     else:
-        tok = train_tokenizer(
-            (e.text for e in train_raw), d.tokenizer, cfg.model.vocab_size, d.max_length
-        )
+        tok = _new_tokenizer(cfg, train_raw)
         save_tokenizer(tok, tok_path)
     return PreparedData(
         train=_encode(tok, train_raw, train_labels),
@@ -71,6 +74,21 @@ def prepare_data(cfg: Config, run_dir: Path) -> PreparedData:
         eval_path=eval_path,
         eval_texts=tuple(e.text for e in eval_raw),
     )
+
+
+def _new_tokenizer(cfg: Config, train_raw: list[RawExample]) -> Tokenizer:
+    """A pretrained encoder's own tokenizer, else one trained on the training split."""
+    d = cfg.data
+    if cfg.model.name != "hf_encoder":
+        return train_tokenizer((e.text for e in train_raw), d.tokenizer, cfg.model.vocab_size,
+                               d.max_length)
+    assert cfg.model.path is not None  # the config validator requires it
+    folder = resolve_pretrained_dir(cfg.model.path)
+    limit = max_positions(read_pretrained_config(folder))
+    if d.max_length > limit:
+        raise ConfigError(f"data.max_length={d.max_length} is longer than the {limit} positions "
+                          f"of the encoder at model.path {folder}; set data.max_length<={limit}")
+    return pretrained_tokenizer(folder, d.max_length)
 
 
 def _data_paths(cfg: Config, run_dir: Path) -> tuple[Path, Path | None]:

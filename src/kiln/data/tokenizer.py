@@ -1,4 +1,5 @@
-"""Subword tokenizers trained on the training split with the `tokenizers` library."""
+"""Subword tokenizers: trained on the training split with the `tokenizers` library, or the one a
+pretrained encoder ships with."""
 
 from __future__ import annotations
 
@@ -19,10 +20,11 @@ from tokenizers import (
 )
 
 from kiln.config import TokenizerConfig, write_text_atomic
-from kiln.errors import RunDirError
+from kiln.errors import ConfigError, RunDirError
 
 PAD, UNK, CLS, SEP, MASK = "[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"
 SPECIAL_TOKENS = [PAD, UNK, CLS, SEP, MASK]  # PAD first: pad id 0
+TOKENIZER_FILE = "tokenizer.json"
 
 
 def train_tokenizer(
@@ -92,6 +94,38 @@ def _demote_to_vocabulary(tok: Tokenizer, pieces: set[str]) -> Tokenizer:
     return Tokenizer.from_str(json.dumps(data))
 
 
+def pretrained_tokenizer(folder: Path, max_length: int) -> Tokenizer:
+    """The tokenizer a pretrained model folder ships with, truncating to ``max_length``.
+
+    Its tokenizer.json is read as is; a folder with only the files of a slow tokenizer (vocab.txt,
+    ...) is converted by transformers' AutoTokenizer, offline. Padding that the file may configure
+    is switched off: kiln pads batches itself.
+
+    Raises:
+        ConfigError: the folder has no tokenizer that can be loaded.
+    """
+    path = folder / TOKENIZER_FILE
+    if path.is_file():
+        tok = Tokenizer.from_file(str(path))
+    else:
+        try:
+            from transformers import AutoTokenizer
+        except ImportError:
+            raise ConfigError(f"model.path {folder} has no {TOKENIZER_FILE}; converting its "
+                              "tokenizer needs transformers: pip install 'kiln[hf]'") from None
+        try:
+            fast = AutoTokenizer.from_pretrained(str(folder), local_files_only=True, use_fast=True)
+        except (OSError, ValueError) as exc:
+            raise ConfigError(f"model.path {folder}: no tokenizer could be loaded: {exc}") from None
+        if not getattr(fast, "is_fast", False):
+            raise ConfigError(f"model.path {folder}: its tokenizer has no fast (tokenizers) form; "
+                              f"save one as {TOKENIZER_FILE}")
+        tok = fast.backend_tokenizer
+    tok.no_padding()
+    tok.enable_truncation(max_length)
+    return tok
+
+
 def save_tokenizer(tok: Tokenizer, path: str | os.PathLike[str]) -> None:
     """Write tokenizer.json atomically."""
     write_text_atomic(Path(path), tok.to_str(pretty=True))
@@ -111,6 +145,10 @@ def encode_texts(tok: Tokenizer, texts: Sequence[str]) -> list[np.ndarray]:
 
 
 def pad_id(tok: Tokenizer) -> int:
-    """The id used for padding (0 for kiln-trained tokenizers)."""
-    pid = tok.token_to_id(PAD)
-    return 0 if pid is None else pid
+    """The id used for padding: 0 for kiln-trained and BERT tokenizers, ``<pad>``'s for
+    RoBERTa-style ones."""
+    for token in (PAD, "<pad>"):
+        pid = tok.token_to_id(token)
+        if pid is not None:
+            return pid
+    return 0

@@ -31,7 +31,7 @@ from kiln.export.openvino_export import (
 )
 from kiln.export.parity import EvalBatch, Parity, Tolerance, measure_parity, run_backend
 from kiln.files import replace_dir, temp_dir
-from kiln.models import MANIFEST, file_digest, load_model_dir
+from kiln.models import MANIFEST, file_digest, load_model_dir, ort_optimizer_options
 from kiln.runtime.backends import OpenVinoBackend, OrtBackend, TorchBackend
 from kiln.runtime.predictor import Backend
 
@@ -119,14 +119,16 @@ def export_run(
             export_onnx(loaded.model, onnx_path, int(loaded.manifest["max_length"]))
         if "onnx-opt" in artifacts or "onnx-int8-dynamic" in artifacts:
             # The fusable twin of the model (same weights, BERT's operator pattern) lets ORT fuse
-            # attention; models without one are optimised from model.onnx.
+            # attention; other models are optimised from model.onnx (pretrained encoders with
+            # onnxscript's attention fusions first, see ort_optimizer_options).
             twin = fusable_copy(loaded.model)
             source = onnx_path
             if twin is not None:
                 source = export_onnx_torchscript(twin, work / FUSABLE_FILE,
                                                  int(loaded.manifest["max_length"]))
-            fused = optimize_for_ort(source, work / FILES["onnx-opt"], kwargs["num_heads"],
-                                     kwargs["embed_dim"])
+            fused = optimize_for_ort(source, work / FILES["onnx-opt"],
+                                     **ort_optimizer_options(loaded.manifest["model"]["name"],
+                                                             kwargs))
             (work / FUSABLE_FILE).unlink(missing_ok=True)
         if "onnx-int8-dynamic" in artifacts:
             quantize_dynamic_int8(work / FILES["onnx-opt"], work / FILES["onnx-int8-dynamic"])

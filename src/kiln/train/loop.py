@@ -34,7 +34,7 @@ from kiln.data import (
 )
 from kiln.errors import RunDirError
 from kiln.files import write_atomic
-from kiln.models import build_manifest, build_model, model_kwargs, save_model_dir
+from kiln.models import build_manifest, init_model, model_kwargs, save_model_dir
 from kiln.train.checkpoint import (
     latest_checkpoint,
     load_checkpoint,
@@ -146,8 +146,8 @@ def _train(
     kwargs = model_kwargs(cfg.model, vocab_size=data.tokenizer.get_vocab_size(),
                           num_labels=len(data.label_names), max_length=cfg.data.max_length,
                           pad_id=pad)
-    model = build_model(cfg.model.name, kwargs).to(device)
-    flops = count_flops(model, kwargs["vocab_size"], cfg.data.max_length, device)
+    model = init_model(cfg.model, kwargs).to(device)
+    flops = count_flops(model, data.tokenizer.get_vocab_size(), cfg.data.max_length, device)
     checkpoint_state: tuple[Any, Any, Any] | None = None
     if resume_from is not None:
         checkpoint_state = load_checkpoint(resume_from, device)
