@@ -30,35 +30,38 @@ from kiln.export.openvino_export import (
     quantize_openvino_int8,
 )
 from kiln.export.parity import EvalBatch, Parity, Tolerance, measure_parity, run_backend
+from kiln.export.tensorrt_export import build_engine, tensorrt_available
 from kiln.files import replace_dir, temp_dir
 from kiln.models import MANIFEST, file_digest, load_model_dir, ort_optimizer_options
-from kiln.runtime.backends import OpenVinoBackend, OrtBackend, TorchBackend
+from kiln.runtime.backends import OpenVinoBackend, OrtBackend, TensorRtBackend, TorchBackend
 from kiln.runtime.predictor import Backend
 
 ARTIFACTS = ("torch-int8", "onnx-fp32", "onnx-opt", "onnx-int8-dynamic", "onnx-int8-static",
-             "onnx-fp16", "openvino-fp32", "openvino-int8")
+             "onnx-fp16", "openvino-fp32", "openvino-int8", "tensorrt-fp16")
 # Without benchmark numbers, the artifact expected to be fastest on a CPU comes first.
 PREFERENCE = ("openvino-int8", "onnx-int8-dynamic", "onnx-int8-static", "onnx-opt", "onnx-fp32",
               "openvino-fp32", "torch-int8")
 FILES = {"torch-int8": "model.safetensors", "onnx-fp32": "model.onnx", "onnx-opt": "model.opt.onnx",
          "onnx-int8-dynamic": "model.int8.onnx", "onnx-int8-static": "model.int8-static.onnx",
          "onnx-fp16": "model.fp16.onnx", "openvino-fp32": "model.ov.xml",
-         "openvino-int8": "model.ov-int8.xml"}
+         "openvino-int8": "model.ov-int8.xml", "tensorrt-fp16": "model.trt.plan"}
 FUSABLE_FILE = "model.fusable.onnx"  # intermediate: the fusable twin before ORT optimisation
 PRECISION = {"torch-int8": "int8", "onnx-fp32": "fp32", "onnx-opt": "fp32",
              "onnx-int8-dynamic": "int8", "onnx-int8-static": "int8", "onnx-fp16": "fp16",
-             "openvino-fp32": "fp32", "openvino-int8": "int8"}
+             "openvino-fp32": "fp32", "openvino-int8": "int8", "tensorrt-fp16": "fp16"}
 
 
 def backend_of(artifact: str) -> str:
-    """The runtime that runs ``artifact``: torch, onnxruntime or openvino."""
-    return {"torch": "torch", "onnx": "onnxruntime", "openvino": "openvino"}[artifact.split("-")[0]]
+    """The runtime that runs ``artifact``: torch, onnxruntime, openvino or tensorrt."""
+    return {"torch": "torch", "onnx": "onnxruntime", "openvino": "openvino",
+            "tensorrt": "tensorrt"}[artifact.split("-")[0]]
 
 
 def default_artifacts() -> tuple[str, ...]:
-    """Every artifact this installation can build (OpenVINO needs the kiln[openvino] extra)."""
-    return ARTIFACTS if openvino_available() else tuple(
-        a for a in ARTIFACTS if not a.startswith("openvino"))
+    """Every artifact this installation can build (OpenVINO needs the kiln[openvino] extra,
+    TensorRT the `tensorrt` package and a CUDA GPU)."""
+    missing = {"openvino": not openvino_available(), "tensorrt": not tensorrt_available()}
+    return tuple(a for a in ARTIFACTS if not missing.get(a.split("-")[0], False))
 PARITY_FILE = "parity.json"
 
 
@@ -93,6 +96,8 @@ def export_run(
         raise RunDirError(f"unknown artifacts {unknown}; choose from {list(ARTIFACTS)}")
     if any(a.startswith("openvino") for a in artifacts) and not openvino_available():
         raise RunDirError("OpenVINO artifacts need the optional extra: pip install 'kiln[openvino]'")
+    if "tensorrt-fp16" in artifacts and not tensorrt_available():
+        raise RunDirError("the TensorRT artifact needs a CUDA GPU and the tensorrt package")
     if not (run / "config.yaml").exists() or not (run / "model" / MANIFEST).exists():
         raise RunDirError(f"{run} is not a finished kiln run (config.yaml and model/{MANIFEST} "
                           "are needed); train it first")
@@ -142,6 +147,9 @@ def export_run(
         if "openvino-int8" in artifacts:
             quantize_openvino_int8(work / FILES["openvino-fp32"], work / FILES["openvino-int8"],
                                    calibration_batches(data.train, pad, calibration_samples))
+        if "tensorrt-fp16" in artifacts:
+            build_engine(onnx_path, work / FILES["tensorrt-fp16"],
+                         int(loaded.manifest["max_length"]))
         for name in ARTIFACTS:
             if backend_of(name) != "torch":
                 builders[name] = _file_builder(name, work / FILES[name])
@@ -175,6 +183,8 @@ def export_run(
 def _file_builder(name: str, path: Path) -> Callable[[], Backend]:
     if backend_of(name) == "openvino":
         return lambda: OpenVinoBackend(path)
+    if backend_of(name) == "tensorrt":
+        return lambda: TensorRtBackend(path)
     return lambda: OrtBackend(path)
 
 

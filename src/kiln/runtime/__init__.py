@@ -1,8 +1,10 @@
-"""One Predictor interface over inference backends (torch eager fp32/int8, ONNX Runtime)."""
+"""One Predictor interface over inference backends (torch eager fp32/int8, ONNX Runtime, OpenVINO,
+TensorRT)."""
 
 from kiln.runtime.backends import (
     OpenVinoBackend,
     OrtBackend,
+    TensorRtBackend,
     TorchBackend,
     quantize_dynamic_int8,
 )
@@ -18,6 +20,7 @@ __all__ = [
     "Backend",
     "OpenVinoBackend",
     "OrtBackend",
+    "TensorRtBackend",
     "Predictions",
     "Predictor",
     "TorchBackend",

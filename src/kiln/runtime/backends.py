@@ -114,3 +114,50 @@ class OpenVinoBackend:
 
         return {"backend": "openvino", "file": self.path.name, "threads": self.threads or "default",
                 "openvino": ov.__version__}
+
+
+class TensorRtBackend:
+    """A TensorRT engine (plan file) on a CUDA GPU; inputs and outputs travel as torch CUDA
+    tensors. Needs the `tensorrt` package; see kiln.export.tensorrt_export."""
+
+    def __init__(self, plan: str | os.PathLike[str]) -> None:
+        import tensorrt as trt
+
+        self.path = Path(plan)
+        self._logger = trt.Logger(trt.Logger.WARNING)
+        runtime = trt.Runtime(self._logger)
+        self.engine = runtime.deserialize_cuda_engine(self.path.read_bytes())
+        if self.engine is None:
+            raise RuntimeError(f"TensorRT could not load {self.path} (built by another TensorRT "
+                               "version or GPU?)")
+        self.context = self.engine.create_execution_context()
+        self.name = f"tensorrt:{self.path.name}"
+        self._dtypes = {self.engine.get_tensor_name(i): self.engine.get_tensor_dtype(
+            self.engine.get_tensor_name(i)) for i in range(self.engine.num_io_tensors)}
+
+    def run(self, input_ids: np.ndarray, attention_mask: np.ndarray) -> np.ndarray:
+        import tensorrt as trt
+
+        device = torch.device("cuda")
+        stream = torch.cuda.current_stream(device)
+        tensors = {}
+        for name, array in (("input_ids", input_ids), ("attention_mask", attention_mask)):
+            dtype = torch.int32 if self._dtypes[name] == trt.DataType.INT32 else torch.int64
+            tensors[name] = torch.from_numpy(array).to(device, dtype)
+            self.context.set_input_shape(name, tuple(array.shape))
+        out_shape = tuple(self.context.get_tensor_shape("logits"))
+        out_dtype = torch.float16 if self._dtypes["logits"] == trt.DataType.HALF else torch.float32
+        tensors["logits"] = torch.empty(out_shape, dtype=out_dtype, device=device)
+        for name, tensor in tensors.items():
+            self.context.set_tensor_address(name, tensor.data_ptr())
+        if not self.context.execute_async_v3(stream.cuda_stream):
+            raise RuntimeError(f"TensorRT execution failed for {self.path.name}")
+        stream.synchronize()
+        out: np.ndarray = tensors["logits"].float().cpu().numpy()
+        return out
+
+    def info(self) -> dict[str, Any]:
+        import tensorrt as trt
+
+        return {"backend": "tensorrt", "file": self.path.name, "tensorrt": trt.__version__,
+                "gpu": torch.cuda.get_device_name()}

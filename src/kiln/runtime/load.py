@@ -11,7 +11,7 @@ from tokenizers import Tokenizer
 
 from kiln.errors import RunDirError
 from kiln.models import MANIFEST, load_model_dir, read_manifest, verify_files
-from kiln.runtime.backends import OpenVinoBackend, OrtBackend, TorchBackend
+from kiln.runtime.backends import OpenVinoBackend, OrtBackend, TensorRtBackend, TorchBackend
 from kiln.runtime.predictor import Backend, Predictor
 
 
@@ -83,6 +83,8 @@ def make_backend(folder: Path, manifest: dict[str, Any], name: str, *, threads: 
     if name.startswith("torch"):
         model = load_model_dir(folder).model
         return TorchBackend(model, int8=name == "torch-int8", threads=threads)
+    if entry.get("backend") == "tensorrt":
+        return TensorRtBackend(folder / entry["file"])
     if entry.get("backend") == "openvino":
         return OpenVinoBackend(folder / entry["file"], threads=threads)
     return OrtBackend(folder / entry["file"], threads=threads, spin_wait=spin_wait)
