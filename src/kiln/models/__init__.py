@@ -9,6 +9,7 @@ from kiln.models.package import (
     read_manifest,
     resolve_model_dir,
     save_model_dir,
+    save_model_files,
     verify_files,
     versions,
 )
@@ -28,6 +29,7 @@ __all__ = [
     "read_manifest",
     "resolve_model_dir",
     "save_model_dir",
+    "save_model_files",
     "verify_files",
     "versions",
 ]

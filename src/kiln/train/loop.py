@@ -82,9 +82,15 @@ class TrainResult:
 def train(cfg: Config, *, fresh: bool = False, progress: bool | None = None) -> TrainResult:
     """Train ``cfg`` into ``cfg.run_dir``, resuming from its latest checkpoint unless ``fresh``.
 
+    ``framework=keras`` hands the same config to the Keras path (``kiln.keras``).
+
     Raises:
         ConfigError, DataError, RunDirError: bad config, data or run directory.
     """
+    if cfg.framework == "keras":
+        from kiln.keras import train as train_keras  # imports TensorFlow only now
+
+        return train_keras(cfg, fresh=fresh, progress=progress)
     run_dir, tc = Path(cfg.run_dir), cfg.train
     device = resolve_device(tc.device)
     precision = resolve_precision(tc.precision, device)
