@@ -15,15 +15,15 @@ if TYPE_CHECKING:
     from kiln.train.loop import TrainResult
 
 
-def train(cfg: Config, *, fresh: bool = False, progress: bool | None = None) -> TrainResult:
-    """Train ``cfg`` with Keras (see ``kiln.keras.train.train_keras``).
+def train_keras(cfg: Config, *, fresh: bool = False, progress: bool | None = None) -> TrainResult:
+    """Train ``cfg`` with Keras (``kiln.keras.train.train_keras``, imported only now).
 
     Raises:
         ConfigError: TensorFlow/Keras are not installed, or the config cannot run here.
     """
-    from kiln.keras.train import train_keras
+    from kiln.keras import train
 
-    return train_keras(cfg, fresh=fresh, progress=progress)
+    return train.train_keras(cfg, fresh=fresh, progress=progress)
 
 
-__all__ = ["INSTALL_HINT", "keras_available", "train"]
+__all__ = ["INSTALL_HINT", "keras_available", "train_keras"]

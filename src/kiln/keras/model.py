@@ -100,12 +100,18 @@ def build_keras_model(kwargs: Mapping[str, Any], dtype: str = "float32") -> kera
     if kwargs["pooling"] not in ("mean", "cls"):
         raise ValueError(f"pooling must be 'mean' or 'cls', got {kwargs['pooling']!r}")
     d, heads, p = int(kwargs["embed_dim"]), int(kwargs["num_heads"]), float(kwargs["dropout"])
-    init = keras.initializers.RandomNormal(stddev=INIT_STD)
-    dense = {"kernel_initializer": init, "dtype": dtype}
+
+    def init() -> Any:
+        # a new initializer per layer: Keras draws the same values from one unseeded instance
+        # every time it is used, which would start every layer with the same weights
+        return keras.initializers.RandomNormal(stddev=INIT_STD)
+
+    def dense() -> dict[str, Any]:
+        return {"kernel_initializer": init(), "dtype": dtype}
 
     ids = keras.Input(shape=(None,), dtype="int64", name="input_ids")
     mask = keras.Input(shape=(None,), dtype="int64", name="attention_mask")
-    x = layers.Embedding(kwargs["vocab_size"], d, embeddings_initializer=init, dtype=dtype,
+    x = layers.Embedding(kwargs["vocab_size"], d, embeddings_initializer=init(), dtype=dtype,
                          name="token_embedding")(ids)
     x = PositionEmbedding(kwargs["max_length"], d, dtype=dtype, name="position_embedding")(x)
     x = layers.Dropout(p, dtype=dtype, name="embed_dropout")(x)
@@ -113,13 +119,13 @@ def build_keras_model(kwargs: Mapping[str, Any], dtype: str = "float32") -> kera
     for i in range(int(kwargs["num_layers"])):
         h = layers.LayerNormalization(epsilon=LAYER_NORM_EPSILON, dtype=dtype, name=f"block{i}_norm1")(x)
         h = layers.MultiHeadAttention(heads, d // heads, dropout=p, name=f"block{i}_attention",
-                                      **dense)(h, h, attention_mask=key_mask)
+                                      **dense())(h, h, attention_mask=key_mask)
         h = layers.Dropout(p, dtype=dtype, name=f"block{i}_dropout1")(h)
         x = layers.Add(dtype=dtype, name=f"block{i}_residual1")([x, h])
         h = layers.LayerNormalization(epsilon=LAYER_NORM_EPSILON, dtype=dtype, name=f"block{i}_norm2")(x)
-        h = layers.Dense(kwargs["ff_dim"], activation=gelu, name=f"block{i}_ff1", **dense)(h)
+        h = layers.Dense(kwargs["ff_dim"], activation=gelu, name=f"block{i}_ff1", **dense())(h)
         h = layers.Dropout(p, dtype=dtype, name=f"block{i}_ff_dropout")(h)
-        h = layers.Dense(d, name=f"block{i}_ff2", **dense)(h)
+        h = layers.Dense(d, name=f"block{i}_ff2", **dense())(h)
         h = layers.Dropout(p, dtype=dtype, name=f"block{i}_dropout2")(h)
         x = layers.Add(dtype=dtype, name=f"block{i}_residual2")([x, h])
     x = layers.LayerNormalization(epsilon=LAYER_NORM_EPSILON, dtype=dtype, name="final_norm")(x)
@@ -127,7 +133,7 @@ def build_keras_model(kwargs: Mapping[str, Any], dtype: str = "float32") -> kera
         pooled = FirstToken(dtype=dtype, name="pool")(x)
     else:
         pooled = MaskedMeanPooling(dtype=dtype, name="pool")([x, mask])
-    logits = layers.Dense(kwargs["num_labels"], kernel_initializer=init, dtype="float32",
+    logits = layers.Dense(kwargs["num_labels"], kernel_initializer=init(), dtype="float32",
                           name="logits")(pooled)
     model = keras.Model({"input_ids": ids, "attention_mask": mask}, logits,
                         name="transformer_classifier", dtype=dtype)

@@ -88,7 +88,7 @@ def train(cfg: Config, *, fresh: bool = False, progress: bool | None = None) -> 
         ConfigError, DataError, RunDirError: bad config, data or run directory.
     """
     if cfg.framework == "keras":
-        from kiln.keras import train as train_keras  # imports TensorFlow only now
+        from kiln.keras import train_keras  # imports TensorFlow only now
 
         return train_keras(cfg, fresh=fresh, progress=progress)
     run_dir, tc = Path(cfg.run_dir), cfg.train
