@@ -41,13 +41,15 @@ from kiln.train.metrics import EvalResult, cross_entropy_sum, summarize
 from kiln.train.optim import warmup_steps
 from kiln.train.run_dir import CONFIG_FILE, start_run_dir
 
-tf, keras = import_keras()
+tf, _ = import_keras()  # sets the TensorFlow backend before keras is first imported
+
+import keras  # noqa: E402
 
 BEST_FILE = "keras_weights.safetensors"  # in RUN/best/
 MODEL_FILE = "model.keras"
 
 
-class _Relay(keras.callbacks.Callback):  # type: ignore[misc]
+class _Relay(keras.callbacks.Callback):
     """Passes Keras' batch and epoch events to the training function (no logic of its own)."""
 
     def __init__(self, after_batch: Callable[[float], None], epoch_begin: Callable[[], None],
