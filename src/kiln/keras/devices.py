@@ -32,6 +32,7 @@ class KerasSetup:
     device: str  # cpu or gpu
     replicas: int
     is_chief: bool  # the worker that writes checkpoints, logs and the model
+    task: str  # this worker's name in a multi-worker cluster ("" for one process)
 
 
 def resolve_setup(cfg: Config) -> KerasSetup:
@@ -49,7 +50,8 @@ def resolve_setup(cfg: Config) -> KerasSetup:
     strategy, name = _make_strategy(cfg.keras.strategy, device)
     return KerasSetup(strategy=strategy, strategy_name=name, precision=precision,
                       policy=POLICIES[precision], device=device,
-                      replicas=int(strategy.num_replicas_in_sync), is_chief=_is_chief(strategy))
+                      replicas=int(strategy.num_replicas_in_sync), is_chief=_is_chief(strategy),
+                      task=_task_name(strategy))
 
 
 def _resolve_device(name: str) -> str:
@@ -124,3 +126,10 @@ def _is_chief(strategy: Any) -> bool:
         return True
     has_chief = "chief" in resolver.cluster_spec().as_dict()
     return resolver.task_type == "worker" and resolver.task_id == 0 and not has_chief
+
+
+def _task_name(strategy: Any) -> str:
+    resolver = getattr(strategy, "cluster_resolver", None)
+    if resolver is None or not resolver.task_type:
+        return ""
+    return f"{resolver.task_type}-{resolver.task_id}"

@@ -108,9 +108,10 @@ def train_keras(cfg: Config, *, fresh: bool = False, progress: bool | None = Non
     if resume_from is not None:
         state.load_state_dict(load_keras_checkpoint(resume_from, model, optimizer)["progress"])
 
-    writes = setup.is_chief  # other workers of a multi-worker run compute but write nothing
-    log = RunLogger(run_dir if writes else run_dir / "workers" / f"{id(setup)}", total_steps,
-                    start_step=state.step, progress=progress)
+    writes = setup.is_chief  # other workers of a multi-worker run train but write no outputs
+    log_dir = run_dir if writes else run_dir / "workers" / setup.task  # their own logs only
+    log_dir.mkdir(parents=True, exist_ok=True)
+    log = RunLogger(log_dir, total_steps, start_step=state.step, progress=progress)
     log.message(
         f"kiln (keras {keras.__version__}, tensorflow {tf.__version__}): {len(data.train)} train / "
         f"{len(data.eval)} eval examples, {len(data.label_names)} labels, "
