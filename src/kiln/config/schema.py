@@ -190,7 +190,8 @@ class KerasConfig(Section):
         "auto",
         description="tf.distribute strategy: auto = mirrored over several GPUs, else default "
         "(one device); mirrored = one replica per GPU (or per logical CPU device); multi_worker = "
-        "MultiWorkerMirroredStrategy, cluster from TF_CONFIG. train.batch_size is per replica",
+        "MultiWorkerMirroredStrategy, cluster from TF_CONFIG (refused for more than one worker: "
+        "Keras 3.15's fit fails there). train.batch_size is per replica",
     )
     jit_compile: bool = Field(
         False,

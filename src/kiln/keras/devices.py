@@ -110,7 +110,19 @@ def _make_strategy(name: str, device: str) -> tuple[Any, str]:
     if name == "multi_worker":
         # The cluster (workers, this task's index) comes from the TF_CONFIG environment variable,
         # which TensorFlow reads itself; without it this is a cluster of one.
-        return tf.distribute.MultiWorkerMirroredStrategy(), name
+        strategy = tf.distribute.MultiWorkerMirroredStrategy()
+        spec = strategy.cluster_resolver.cluster_spec()
+        workers = sum(len(spec.as_dict().get(job, [])) for job in ("chief", "worker"))
+        if workers > 1:
+            # Seen with Keras 3.15.1 + TensorFlow 2.21 on CPU, even for a one-layer model: fit
+            # passes the first distributed batch to strategy.reduce, which cannot reduce it
+            # across workers ("Attempt to convert a value (PerReplica...) to a Tensor").
+            raise ConfigError(
+                f"keras.strategy=multi_worker: TF_CONFIG names {workers} workers, and Keras "
+                f"{keras.__version__}'s fit fails on a MultiWorkerMirroredStrategy of more than "
+                "one worker (it cannot reduce its first PerReplica batch). Train on one machine "
+                "with keras.strategy=mirrored, or across machines with framework=torch")
+        return strategy, name
     devices = [d.name for d in (gpus or tf.config.list_logical_devices("CPU"))]
     if len(devices) < 2:
         raise ConfigError(f"keras.strategy=mirrored needs at least 2 devices; TensorFlow sees "
