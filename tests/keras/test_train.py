@@ -188,3 +188,23 @@ def test_sigkill_mid_epoch_then_resume_matches_uninterrupted_run(
     assert done.returncode == 0, done.stderr
     assert f"resumed at step {stopped_at}" in done.stderr
     assert same_weights(killed, full)
+
+
+@pytest.mark.slow
+def test_multi_worker_cluster_is_refused_with_the_reason(small_dataset: tuple[Path, Path],
+                                                         tmp_path: Path,
+                                                         keras_env: dict[str, str]) -> None:
+    from tests.serve.test_server import free_port
+
+    ports = [free_port(), free_port()]
+    cluster = {"worker": [f"127.0.0.1:{p}" for p in ports]}
+    args = keras_overrides(*small_dataset, tmp_path / "run", **{"keras.strategy": "multi_worker"})
+    workers = [subprocess.Popen(
+        [sys.executable, "-m", "kiln", "train", *args],
+        env={**keras_env, "TF_CONFIG": json.dumps({"cluster": cluster,
+                                                   "task": {"type": "worker", "index": i}})},
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True) for i in range(2)]
+    for worker in workers:
+        _, stderr = worker.communicate(timeout=300)
+        assert worker.returncode == 2, stderr
+        assert "TF_CONFIG names 2 workers" in stderr and "keras.strategy=mirrored" in stderr
