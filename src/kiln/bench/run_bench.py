@@ -1,4 +1,5 @@
-"""`kiln bench RUN`: latency and throughput of every verified artifact against eager fp32."""
+"""`kiln bench RUN`: latency and throughput of every verified artifact against the trained model
+(eager fp32 for torch runs, the Keras model for keras runs)."""
 
 from __future__ import annotations
 
@@ -21,10 +22,11 @@ from kiln.data import prepare_data
 from kiln.errors import RunDirError
 from kiln.files import replace_dir, temp_dir
 from kiln.models import MANIFEST, read_manifest
-from kiln.runtime.load import make_backend
+from kiln.runtime.load import backend_available, make_backend, reference_artifact
 from kiln.runtime.predictor import pad_batch
 
-BASELINE = "torch-fp32"
+BASELINE = "torch-fp32"  # the baseline of a torch run; a keras run's is keras-fp32
+FALLBACK_BASELINE = "onnx-fp32"  # when the trained model's framework is not installed here
 
 
 @dataclass(frozen=True)
@@ -42,8 +44,9 @@ def bench_run(run_dir: str | os.PathLike[str], settings: BenchSettings = BenchSe
     """Measure every artifact of ``run_dir/export`` and write ``run_dir/bench/``.
 
     Scenarios: (a) ``fixed``: texts padded to the model's max length, as a server that pads to a
-    fixed shape sees them; (b) ``real``: the same evaluation texts at their real lengths. The eager
-    fp32 model is measured in the same run as the baseline.
+    fixed shape sees them; (b) ``real``: the same evaluation texts at their real lengths. The trained
+    model (``baseline_artifact``) is measured in the same run as the baseline; the ratio keys keep
+    the name ``eager`` for it.
 
     Raises:
         RunDirError: no export, or an unknown/failed artifact was asked for.
@@ -64,11 +67,13 @@ def bench_run(run_dir: str | os.PathLike[str], settings: BenchSettings = BenchSe
     batches = [b for b in batches if len(b[0]) == settings.batch_size] or batches[:1]
     fixed_batches = [_pad_to(ids, mask, max_length, pad) for ids, mask in batches]
 
-    names = list(settings.artifacts) if settings.artifacts else [BASELINE] + [
+    baseline = baseline_artifact(manifest)
+    names = list(settings.artifacts) if settings.artifacts else [baseline] + [
         n for n, e in manifest.get("artifacts", {}).items()
-        if e["passed"] and (e["precision"] != "fp16" or torch.cuda.is_available())]
-    if BASELINE not in names:
-        names.insert(0, BASELINE)
+        if e["passed"] and (e["precision"] != "fp16" or torch.cuda.is_available())
+        and backend_available(n, manifest) and n != baseline]
+    if baseline not in names:
+        names.insert(0, baseline)
     torch.set_num_threads(settings.threads)
     results: dict[str, Any] = {}
     for name in names:
@@ -84,7 +89,7 @@ def bench_run(run_dir: str | os.PathLike[str], settings: BenchSettings = BenchSe
             "throughput_real": measure_throughput(backend, batches, 1,
                                                   settings.min_seconds).to_json(),
         }
-    report = _summarize(results, settings, max_length, len(sequences))
+    report = _summarize(results, baseline, settings, max_length, len(sequences))
     _write_report(run / "bench", report)
     return report
 
@@ -95,9 +100,26 @@ def _pad_to(ids: np.ndarray, mask: np.ndarray, length: int, pad: int) -> Inputs:
             np.pad(mask, ((0, 0), (0, extra)), constant_values=0))
 
 
-def _summarize(results: dict[str, Any], settings: BenchSettings, max_length: int,
+def baseline_artifact(manifest: dict[str, Any]) -> str:
+    """What the other artifacts are compared with: the trained model in its own framework
+    (torch-fp32 eager, or keras-fp32 through a tf.function), or the fp32 ONNX export when that
+    framework is not installed where the benchmark runs.
+
+    Raises:
+        RunDirError: neither can run here.
+    """
+    reference = reference_artifact(manifest)
+    if backend_available(reference, manifest):
+        return reference
+    if manifest.get("artifacts", {}).get(FALLBACK_BASELINE, {}).get("passed"):
+        return FALLBACK_BASELINE
+    raise RunDirError(f"cannot run the baseline {reference} here and the export has no passed "
+                      f"{FALLBACK_BASELINE}; install the framework that trained the model")
+
+
+def _summarize(results: dict[str, Any], baseline: str, settings: BenchSettings, max_length: int,
                eval_texts: int) -> dict[str, Any]:
-    base = results[BASELINE]
+    base = results[baseline]
     ratios = {}
     for name, r in results.items():
         ratios[name] = {
@@ -108,7 +130,7 @@ def _summarize(results: dict[str, Any], settings: BenchSettings, max_length: int
         }
     recommended = min(results, key=lambda n: results[n]["latency_b1_real"]["p50_ms"])
     return {
-        "baseline": BASELINE,
+        "baseline": baseline,
         "recommended": recommended,
         "settings": {**settings.__dict__, "artifacts": list(results), "max_length": max_length,
                      "eval_texts": eval_texts},
@@ -120,11 +142,13 @@ def _summarize(results: dict[str, Any], settings: BenchSettings, max_length: int
 
 
 def format_report(report: dict[str, Any]) -> str:
-    """Markdown table of latencies, throughputs and ratios against eager fp32."""
+    """Markdown table of latencies, throughputs and ratios against the baseline (the trained
+    model in its own framework)."""
     s = report["settings"]
     lines = [
         f"# kiln bench ({s['threads']} threads, batch 1 on {s['texts']} texts, batch "
-        f"{s['batch_size']} for throughput, max length {s['max_length']})",
+        f"{s['batch_size']} for throughput, max length {s['max_length']}; baseline "
+        f"{report['baseline']})",
         "",
         "| artifact | p50 b1 fixed ms | p50 b1 real ms | p99 b1 real ms | samples/s fixed "
         "| samples/s real | p50 real / eager fixed | p50 real / eager real | thr real / eager |",

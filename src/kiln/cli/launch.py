@@ -9,6 +9,8 @@ import argparse
 import os
 import sys
 
+from kiln.errors import ConfigError
+
 # (flag, type, help): passed to torchrun unchanged when given.
 TORCHRUN_OPTIONS: tuple[tuple[str, type, str], ...] = (
     ("--nproc-per-node", int, "train with N processes on this machine (DDP or FSDP, "
@@ -43,9 +45,17 @@ def is_rank_zero() -> bool:
     return int(os.environ.get("RANK", "0")) == 0
 
 
-def launch_training(args: argparse.Namespace) -> int:
+def launch_training(args: argparse.Namespace, framework: str) -> int:
     """Run `kiln train SETTINGS` under torchrun; returns the exit code of the first failed worker
-    (each worker prints its own error) or 0."""
+    (each worker prints its own error) or 0.
+
+    Raises:
+        ConfigError: ``framework`` is not torch (Keras scales through keras.strategy).
+    """
+    if framework != "torch":
+        raise ConfigError("--nproc-per-node and the other torchrun options are for "
+                          "framework=torch; a keras run uses keras.strategy (mirrored, or "
+                          "multi_worker with TF_CONFIG)")
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     from torch.distributed.run import main as torchrun
 

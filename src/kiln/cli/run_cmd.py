@@ -31,7 +31,7 @@ def add_parser(sub: Any) -> None:
 def run(args: argparse.Namespace) -> int:
     cfg = resolve_config(args.settings, args.fresh)
     if wants_launch(args):  # training under torchrun, the stages after it here
-        code = launch_training(args)
+        code = launch_training(args, cfg.framework)
         if code:
             return code
         result = finished_result(Path(cfg.run_dir))

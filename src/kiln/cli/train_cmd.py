@@ -25,7 +25,7 @@ def add_parser(sub: Any) -> None:
 def run(args: argparse.Namespace) -> int:
     cfg = resolve_config(args.settings, args.fresh)  # bad config: exit 2 before any process starts
     if wants_launch(args):
-        return launch_training(args)
+        return launch_training(args, cfg.framework)
     result = train(cfg, fresh=args.fresh)
     acc = result.eval.get("accuracy")
     if is_rank_zero():

@@ -58,7 +58,7 @@ class DataConfig(Section):
     max_length: int = Field(128, ge=4, le=8192, description="tokens per text, longer ones are cut")
     tokenizer: TokenizerConfig = Field(default_factory=TokenizerConfig)
     bucket_by_length: bool = Field(
-        False, description="batch texts of similar length together (less padding)"
+        False, description="batch texts of similar length together (less padding; torch only)"
     )
     num_workers: int = Field(0, ge=0, description="DataLoader worker processes (0 = main process)")
     pin_memory: bool = Field(False, description="DataLoader pin_memory (useful with CUDA)")
@@ -187,8 +187,9 @@ class TrainConfig(Section):
     max_grad_norm: float = Field(1.0, ge=0, description="gradient clipping norm (0 = no clipping)")
     precision: Literal["auto", "fp32", "bf16", "fp16"] = Field(
         "auto",
-        description="autocast dtype; auto = fp32 on CPU, bf16 on CUDA when supported else fp16. "
-        "fp16 uses a GradScaler and needs CUDA",
+        description="autocast dtype (keras: mixed_bfloat16 / mixed_float16 policy); auto = fp32 "
+        "on CPU, bf16 on CUDA when supported else fp16. fp16 uses a GradScaler (keras: a "
+        "LossScaleOptimizer) and needs CUDA",
     )
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="auto = cuda if available")
     eval_every: int = Field(
@@ -208,10 +209,13 @@ class TrainConfig(Section):
     select: Literal["best", "last"] = Field(
         "best", description="which weights go into model/: best by train.metric, or the last"
     )
-    num_threads: int = Field(0, ge=0, description="torch CPU threads (0 = torch's default)")
+    num_threads: int = Field(
+        0, ge=0, description="CPU threads of torch (keras: TensorFlow intra-op threads); 0 = the "
+        "framework's default"
+    )
     max_bad_steps: int = Field(
         5, ge=0, description="stop after N consecutive steps with a non-finite loss or gradient "
-        "(each is skipped; 0 = never stop)"
+        "(each is skipped; 0 = never stop). torch only: keras stops at the first non-finite loss"
     )
     strategy: Literal["ddp", "fsdp"] = Field(
         "ddp",
@@ -239,10 +243,40 @@ class ProfilerConfig(Section):
         return self.wait + self.warmup + self.active
 
 
+class KerasConfig(Section):
+    """Keys that only the Keras/TensorFlow path reads (framework=keras)."""
+
+    strategy: Literal["auto", "default", "mirrored", "multi_worker"] = Field(
+        "auto",
+        description="tf.distribute strategy: auto = mirrored over several GPUs, else default "
+        "(one device); mirrored = one replica per GPU (or per logical CPU device); multi_worker = "
+        "MultiWorkerMirroredStrategy, cluster from TF_CONFIG (refused for more than one worker: "
+        "Keras 3.15's fit fails there). train.batch_size is per replica",
+    )
+    jit_compile: bool = Field(
+        False,
+        description="XLA-compile the train step. Off: with batches padded to their longest text "
+        "every new shape recompiles (measured about 6x slower on CPU)",
+    )
+
+
+# Keys that only the torch loop implements; with framework=keras a non-default value would do
+# nothing, so it is an error instead.
+TORCH_ONLY_KEYS = {
+    "data": ("bucket_by_length", "num_workers", "pin_memory", "prefetch_factor",
+             "persistent_workers"),
+    "train": ("max_bad_steps", "strategy", "compile", "data_wait_warning"),
+}
+
+
 class Config(Section):
     seed: int = Field(0, ge=0, description="seeds data order, initialisation and dropout")
     run_dir: str = Field("runs/default", description="where the run directory goes")
-    framework: Literal["torch"] = Field("torch", description="training engine")
+    framework: Literal["torch", "keras"] = Field(
+        "torch",
+        description="training engine: torch, or keras (Keras 3 on TensorFlow; needs the "
+        "kiln[keras] extra). The run directory, manifest and exports are the same",
+    )
     data: DataConfig = Field(default_factory=DataConfig)
     model: ModelConfig = Field(default_factory=ModelConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
@@ -251,6 +285,7 @@ class Config(Section):
         "tensorboard/profile/ and a table of the top operators"
     )
     profiler: ProfilerConfig = Field(default_factory=ProfilerConfig)
+    keras: KerasConfig = Field(default_factory=KerasConfig)
     versions: dict[str, str] | None = Field(
         None, description="written by kiln into config.yaml: versions that ran it; ignored on input"
     )
@@ -261,3 +296,29 @@ class Config(Section):
             raise ValueError("data.tokenizer.* cannot be set with model.name=hf_encoder: the "
                              "pretrained encoder's own tokenizer is used, not a trained one")
         return self
+
+    @model_validator(mode="after")
+    def _keys_match_the_framework(self) -> Config:
+        if self.framework == "torch":
+            changed = _changed_keys(self.keras, "keras")
+            if changed:
+                raise ValueError(f"{', '.join(changed)}: used only with framework=keras; set "
+                                 "framework=keras or leave them out")
+        else:
+            changed = [key for section, names in TORCH_ONLY_KEYS.items()
+                       for key in _changed_keys(getattr(self, section), section, names)]
+            changed += ["profile"] if self.profile else []
+            changed += ["model.name"] if self.model.name != "transformer" else []
+            if changed:
+                raise ValueError(f"{', '.join(changed)}: used only with framework=torch (the keras "
+                                 "path has no DataLoader workers, length buckets, FSDP, "
+                                 "torch.compile, profiler or pretrained encoders, and stops at "
+                                 "the first non-finite loss); leave them at their defaults")
+        return self
+
+
+def _changed_keys(section: BaseModel, prefix: str, names: tuple[str, ...] | None = None) -> list[str]:
+    """Dotted keys of ``section`` whose value differs from the default."""
+    fields = type(section).model_fields
+    return [f"{prefix}.{name}" for name in names or tuple(fields)
+            if getattr(section, name) != fields[name].get_default(call_default_factory=True)]

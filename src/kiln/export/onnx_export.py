@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -86,12 +87,31 @@ def check_dynamic_shapes(model: nn.Module, path: Path, max_length: int) -> None:
     Raises:
         ExportError: a shape fails to run or the logits differ by more than 1e-3.
     """
+    embedding = getattr(model, "token_embedding", None)
+    vocab = embedding.num_embeddings if isinstance(embedding, nn.Embedding) else 100
+
+    @torch.inference_mode()
+    def reference(ids: np.ndarray, mask: np.ndarray) -> np.ndarray:
+        out: np.ndarray = model(torch.from_numpy(ids), torch.from_numpy(mask)).numpy()
+        return out
+
+    check_onnx_shapes(path, reference, max_length, vocab)
+
+
+def check_onnx_shapes(
+    path: Path, reference: Callable[[np.ndarray, np.ndarray], np.ndarray], max_length: int,
+    vocab: int,
+) -> None:
+    """Run the ONNX file at batch 1..64 and lengths 1..max_length (one row padded) and compare
+    its logits with ``reference(input_ids, attention_mask)``, the model it was exported from.
+
+    Raises:
+        ExportError: a shape fails to run or the logits differ by more than 1e-3.
+    """
     import onnxruntime as ort
 
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     rng = np.random.default_rng(0)
-    embedding = getattr(model, "token_embedding", None)
-    vocab = embedding.num_embeddings if isinstance(embedding, nn.Embedding) else 100
     for batch, length in [(1, 1), (1, max_length), (3, 7), (64, max(1, max_length // 2)),
                           (5, max_length)]:
         ids = rng.integers(5, vocab, size=(batch, length), dtype=np.int64)
@@ -101,9 +121,7 @@ def check_dynamic_shapes(model: nn.Module, path: Path, max_length: int) -> None:
             (got,) = session.run(None, {"input_ids": ids, "attention_mask": mask})
         except Exception as exc:  # onnxruntime raises its own exception types
             raise ExportError(f"{path.name} fails at batch {batch}, length {length}: {exc}") from exc
-        with torch.inference_mode():
-            want = model(torch.from_numpy(ids), torch.from_numpy(mask)).numpy()
-        diff = float(np.abs(got - want).max())
+        diff = float(np.abs(got - reference(ids, mask)).max())
         if diff > 1e-3:
             raise ExportError(f"{path.name} differs from the model by {diff:.2e} at batch {batch}, "
                               f"length {length}")

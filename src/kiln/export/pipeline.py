@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import functools
 import json
 import os
 import shutil
@@ -32,36 +33,90 @@ from kiln.export.openvino_export import (
 from kiln.export.parity import EvalBatch, Parity, Tolerance, measure_parity, run_backend
 from kiln.export.tensorrt_export import build_engine, tensorrt_available
 from kiln.files import replace_dir, temp_dir
-from kiln.models import MANIFEST, file_digest, load_model_dir, ort_optimizer_options
+from kiln.models import MANIFEST, file_digest, load_model_dir, ort_optimizer_options, read_manifest
 from kiln.runtime.backends import OpenVinoBackend, OrtBackend, TensorRtBackend, TorchBackend
 from kiln.runtime.predictor import Backend
 
-ARTIFACTS = ("torch-int8", "onnx-fp32", "onnx-opt", "onnx-int8-dynamic", "onnx-int8-static",
-             "onnx-fp16", "openvino-fp32", "openvino-int8", "tensorrt-fp16")
+ARTIFACTS = ("torch-int8", "tf-savedmodel", "onnx-fp32", "onnx-opt", "onnx-int8-dynamic",
+             "onnx-int8-static", "onnx-fp16", "openvino-fp32", "openvino-int8", "tensorrt-fp16")
+# Artifacts built from the trained model in its own framework; the others come from its ONNX.
+NATIVE = {"torch": ("torch-int8",), "keras": ("tf-savedmodel",)}
 # Without benchmark numbers, the artifact expected to be fastest on a CPU comes first.
 PREFERENCE = ("openvino-int8", "onnx-int8-dynamic", "onnx-int8-static", "onnx-opt", "onnx-fp32",
               "openvino-fp32", "torch-int8")
-FILES = {"torch-int8": "model.safetensors", "onnx-fp32": "model.onnx", "onnx-opt": "model.opt.onnx",
+FILES = {"torch-int8": "model.safetensors", "tf-savedmodel": "saved_model",
+         "onnx-fp32": "model.onnx", "onnx-opt": "model.opt.onnx",
          "onnx-int8-dynamic": "model.int8.onnx", "onnx-int8-static": "model.int8-static.onnx",
          "onnx-fp16": "model.fp16.onnx", "openvino-fp32": "model.ov.xml",
          "openvino-int8": "model.ov-int8.xml", "tensorrt-fp16": "model.trt.plan"}
 FUSABLE_FILE = "model.fusable.onnx"  # intermediate: the fusable twin before ORT optimisation
-PRECISION = {"torch-int8": "int8", "onnx-fp32": "fp32", "onnx-opt": "fp32",
+PRECISION = {"torch-int8": "int8", "tf-savedmodel": "fp32", "onnx-fp32": "fp32", "onnx-opt": "fp32",
              "onnx-int8-dynamic": "int8", "onnx-int8-static": "int8", "onnx-fp16": "fp16",
              "openvino-fp32": "fp32", "openvino-int8": "int8", "tensorrt-fp16": "fp16"}
 
 
 def backend_of(artifact: str) -> str:
-    """The runtime that runs ``artifact``: torch, onnxruntime, openvino or tensorrt."""
-    return {"torch": "torch", "onnx": "onnxruntime", "openvino": "openvino",
-            "tensorrt": "tensorrt"}[artifact.split("-")[0]]
+    """The runtime that runs ``artifact``: torch, tensorflow, onnxruntime, openvino or tensorrt."""
+    return {"torch": "torch", "tf": "tensorflow", "onnx": "onnxruntime",
+            "openvino": "openvino", "tensorrt": "tensorrt"}[artifact.split("-")[0]]
 
 
-def default_artifacts() -> tuple[str, ...]:
-    """Every artifact this installation can build (OpenVINO needs the kiln[openvino] extra,
-    TensorRT the `tensorrt` package and a CUDA GPU)."""
+def default_artifacts(framework: str = "torch") -> tuple[str, ...]:
+    """Every artifact this installation can build from a ``framework`` run (OpenVINO needs the
+    kiln[openvino] extra, TensorRT the `tensorrt` package and a CUDA GPU)."""
+    foreign = {a for fw, names in NATIVE.items() if fw != framework for a in names}
     missing = {"openvino": not openvino_available(), "tensorrt": not tensorrt_available()}
-    return tuple(a for a in ARTIFACTS if not missing.get(a.split("-")[0], False))
+    return tuple(a for a in ARTIFACTS if a not in foreign
+                 and not missing.get(a.split("-")[0], False))
+
+
+@dataclass(frozen=True)
+class TrainedModel:
+    """The trained model in its own framework, as export needs it."""
+
+    reference: Backend  # the model itself: the parity reference
+    reference_name: str  # torch-fp32, keras-fp32
+    weights_file: str  # copied next to the artifacts, so that export/ stands alone
+    write_onnx: Callable[[Path], object]  # fp32 ONNX with dynamic axes, checked against the model
+    native: dict[str, Callable[[Path], Backend]]  # artifacts built from the model into a folder
+    # the model's fusable twin as ONNX (see kiln.export.fusable); returns False when it has none
+    write_fusable_onnx: Callable[[Path], bool] | None = None
+
+
+def load_trained_model(model_dir: Path) -> TrainedModel:
+    """The ``TrainedModel`` of a model folder, whichever framework trained it.
+
+    Raises:
+        RunDirError: a keras model without the kiln[keras] extra installed.
+    """
+    manifest = read_manifest(model_dir)
+    if manifest.get("framework", "torch") == "keras":
+        from kiln.keras import INSTALL_HINT, keras_available
+
+        if not keras_available():
+            raise RunDirError(f"{model_dir} holds a Keras model; exporting it needs TensorFlow: "
+                              f"{INSTALL_HINT}")
+        from kiln.keras.export import keras_trained_model
+
+        trained: TrainedModel = keras_trained_model(model_dir, manifest)
+        return trained
+    loaded = load_model_dir(model_dir)
+    max_length = int(loaded.manifest["max_length"])
+
+    def write_fusable_onnx(path: Path) -> bool:
+        twin = fusable_copy(loaded.model)
+        if twin is not None:
+            export_onnx_torchscript(twin, path, max_length)
+        return twin is not None
+
+    return TrainedModel(
+        reference=TorchBackend(loaded.model), reference_name="torch-fp32",
+        weights_file="model.safetensors",
+        write_onnx=lambda path: export_onnx(loaded.model, path, max_length),
+        native={"torch-int8": lambda _: TorchBackend(copy.deepcopy(loaded.model), int8=True)},
+        write_fusable_onnx=write_fusable_onnx)
+
+
 PARITY_FILE = "parity.json"
 
 
@@ -90,50 +145,56 @@ def export_run(
         RunDirError: the run has no trained model or config. ExportError: an export is broken.
     """
     run = Path(run_dir)
-    artifacts = list(artifacts or default_artifacts())
+    if not (run / "config.yaml").exists() or not (run / "model" / MANIFEST).exists():
+        raise RunDirError(f"{run} is not a finished kiln run (config.yaml and model/{MANIFEST} "
+                          "are needed); train it first")
+    framework = read_manifest(run / "model").get("framework", "torch")
+    artifacts = list(artifacts or default_artifacts(framework))
     unknown = sorted(set(artifacts) - set(ARTIFACTS))
     if unknown:
         raise RunDirError(f"unknown artifacts {unknown}; choose from {list(ARTIFACTS)}")
+    foreign = sorted(set(artifacts) - set(default_artifacts(framework)) - {
+        a for a in ARTIFACTS if a.startswith(("openvino", "tensorrt"))})
+    if foreign:
+        raise RunDirError(f"{foreign} cannot be built from a {framework} model; choose from "
+                          f"{list(default_artifacts(framework))}")
     if any(a.startswith("openvino") for a in artifacts) and not openvino_available():
         raise RunDirError("OpenVINO artifacts need the optional extra: pip install 'kiln[openvino]'")
     if "tensorrt-fp16" in artifacts and not tensorrt_available():
         raise RunDirError("the TensorRT artifact needs a CUDA GPU and the tensorrt package")
-    if not (run / "config.yaml").exists() or not (run / "model" / MANIFEST).exists():
-        raise RunDirError(f"{run} is not a finished kiln run (config.yaml and model/{MANIFEST} "
-                          "are needed); train it first")
-    loaded = load_model_dir(run / "model")
-    kwargs = loaded.manifest["model"]["kwargs"]
+    trained = load_trained_model(run / "model")
+    manifest = read_manifest(run / "model")
+    kwargs = manifest["model"]["kwargs"]
+    max_length = int(manifest["max_length"])
     data = prepare_data(load_config(run / "config.yaml"), run)
     pad = int(kwargs.get("pad_id", 0))
     batches = eval_batches(data.eval, pad)
     labels = np.concatenate([y for _, _, y in batches])
-    reference = run_backend(TorchBackend(loaded.model), batches)
+    reference = run_backend(trained.reference, batches)
     reference_accuracy = float((reference.argmax(-1) == labels).mean())
 
     work = temp_dir(run, ".tmp-export-")
     try:
-        shutil.copy2(run / "model" / "model.safetensors", work / "model.safetensors")
+        shutil.copy2(run / "model" / trained.weights_file, work / trained.weights_file)
         shutil.copy2(run / "model" / "tokenizer.json", work / "tokenizer.json")
         fused: dict[str, int] = {}
         builders: dict[str, Callable[[], Backend]] = {
-            "torch-int8": lambda: TorchBackend(copy.deepcopy(loaded.model), int8=True),
-        }
+            name: functools.partial(build, work) for name, build in trained.native.items()}
         onnx_path = work / FILES["onnx-fp32"]
-        needs_onnx = any(not a.startswith("torch") for a in artifacts)
+        needs_onnx = any(backend_of(a) in ("onnxruntime", "openvino", "tensorrt")
+                         for a in artifacts)
         if needs_onnx:
-            export_onnx(loaded.model, onnx_path, int(loaded.manifest["max_length"]))
+            trained.write_onnx(onnx_path)
         if "onnx-opt" in artifacts or "onnx-int8-dynamic" in artifacts:
             # The fusable twin of the model (same weights, BERT's operator pattern) lets ORT fuse
             # attention; other models are optimised from model.onnx (pretrained encoders with
             # onnxscript's attention fusions first, see ort_optimizer_options).
-            twin = fusable_copy(loaded.model)
             source = onnx_path
-            if twin is not None:
-                source = export_onnx_torchscript(twin, work / FUSABLE_FILE,
-                                                 int(loaded.manifest["max_length"]))
+            if trained.write_fusable_onnx is not None and trained.write_fusable_onnx(
+                    work / FUSABLE_FILE):
+                source = work / FUSABLE_FILE
             fused = optimize_for_ort(source, work / FILES["onnx-opt"],
-                                     **ort_optimizer_options(loaded.manifest["model"]["name"],
-                                                             kwargs))
+                                     **ort_optimizer_options(manifest["model"]["name"], kwargs))
             (work / FUSABLE_FILE).unlink(missing_ok=True)
         if "onnx-int8-dynamic" in artifacts:
             quantize_dynamic_int8(work / FILES["onnx-opt"], work / FILES["onnx-int8-dynamic"])
@@ -148,30 +209,30 @@ def export_run(
             quantize_openvino_int8(work / FILES["openvino-fp32"], work / FILES["openvino-int8"],
                                    calibration_batches(data.train, pad, calibration_samples))
         if "tensorrt-fp16" in artifacts:
-            build_engine(onnx_path, work / FILES["tensorrt-fp16"],
-                         int(loaded.manifest["max_length"]))
-        for name in ARTIFACTS:
-            if backend_of(name) != "torch":
-                builders[name] = _file_builder(name, work / FILES[name])
+            build_engine(onnx_path, work / FILES["tensorrt-fp16"], max_length)
+        file_artifacts = [a for a in ARTIFACTS
+                          if backend_of(a) in ("onnxruntime", "openvino", "tensorrt")]
+        for name in file_artifacts:
+            builders[name] = _file_builder(name, work / FILES[name])
 
         results = []
         for name in artifacts:
             logits = run_backend(builders[name](), batches)
             results.append(measure_parity(name, FILES[name], logits, reference, labels,
-                                          len(loaded.label_names), tolerance))
-        for name in ARTIFACTS:  # files built only as an intermediate step are not shipped
-            if name not in artifacts and name != "torch-int8":
+                                          len(manifest["labels"]), tolerance))
+        for name in file_artifacts:  # files built only as an intermediate step are not shipped
+            if name not in artifacts:
                 (work / FILES[name]).unlink(missing_ok=True)
                 (work / FILES[name]).with_suffix(".bin").unlink(missing_ok=True)
         recommended = next((n for n in PREFERENCE for r in results if r.artifact == n and r.passed),
                            None)
-        _write_json(work / PARITY_FILE, {"reference": {"artifact": "torch-fp32",
+        _write_json(work / PARITY_FILE, {"reference": {"artifact": trained.reference_name,
                                                         "accuracy": reference_accuracy},
                                          "tolerance": tolerance.__dict__,
                                          "artifacts": [r.to_json() for r in results]})
-        manifest = _export_manifest(loaded.manifest, work, results, recommended, tolerance,
-                                    reference_accuracy, fused)
-        _write_json(work / MANIFEST, manifest)
+        export_manifest = _export_manifest(manifest, work, results, recommended, tolerance,
+                                           reference_accuracy, fused)
+        _write_json(work / MANIFEST, export_manifest)
         final = run / "export"
         replace_dir(work, final)
     except BaseException:
@@ -232,8 +293,8 @@ def _export_manifest(
         "ort_fused_operators": fused,
         "versions": {"onnx": onnx.__version__, "onnxruntime": onnxruntime.__version__},
     }
-    manifest["files"] = {p.name: file_digest(p) for p in sorted(folder.iterdir())
-                         if p.is_file() and p.name != MANIFEST}
+    manifest["files"] = {p.relative_to(folder).as_posix(): file_digest(p)
+                         for p in sorted(folder.rglob("*")) if p.is_file() and p.name != MANIFEST}
     return manifest
 
 

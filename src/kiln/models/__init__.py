@@ -11,6 +11,7 @@ from kiln.models.package import (
     read_manifest,
     resolve_model_dir,
     save_model_dir,
+    save_model_files,
     verify_files,
     versions,
 )
@@ -39,6 +40,7 @@ __all__ = [
     "read_manifest",
     "resolve_model_dir",
     "save_model_dir",
+    "save_model_files",
     "verify_files",
     "versions",
 ]

@@ -12,7 +12,7 @@ import json
 import os
 import platform
 import shutil
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -93,14 +93,28 @@ def save_model_dir(
 
     The folder is assembled under a temporary name and renamed into place, replacing any older one.
     """
+
+    def write(tmp: Path) -> None:
+        save_file({k: v.detach().cpu().contiguous().clone() for k, v in state.items()},
+                  str(tmp / WEIGHTS))
+
+    return save_model_files(directory, write, tokenizer_file, manifest)
+
+
+def save_model_files(
+    directory: Path, write_weights: Callable[[Path], None], tokenizer_file: Path,
+    manifest: Mapping[str, Any],
+) -> Path:
+    """The model folder for any framework: ``write_weights(tmp)`` writes ``manifest["weights"]``
+    into a temporary folder; tokenizer and manifest (with checksums) join it; then it is renamed
+    into place, replacing any older ``directory``."""
     directory.parent.mkdir(parents=True, exist_ok=True)
     tmp = temp_dir(directory.parent, f".tmp-{directory.name}-")
     try:
-        save_file({k: v.detach().cpu().contiguous().clone() for k, v in state.items()},
-                  str(tmp / WEIGHTS))
+        write_weights(tmp)
         shutil.copy2(tokenizer_file, tmp / TOKENIZER)
         body = dict(manifest)
-        body["files"] = {f: file_digest(tmp / f) for f in (WEIGHTS, TOKENIZER)}
+        body["files"] = {f: file_digest(tmp / f) for f in (manifest["weights"], TOKENIZER)}
         (tmp / MANIFEST).write_text(json.dumps(body, indent=2) + "\n", encoding="utf-8")
         replace_dir(tmp, directory)
     except BaseException:
@@ -154,6 +168,10 @@ def load_model_dir(directory: str | os.PathLike[str], device: str = "cpu") -> Lo
     """Rebuild the model of a model folder (checksums verified), in eval mode."""
     d = Path(directory)
     manifest = read_manifest(d)
+    framework = manifest.get("framework", "torch")
+    if framework != "torch":
+        raise RunDirError(f"{d} holds a {framework} model ({manifest['weights']}), not a torch one; "
+                          "load it with kiln.runtime.load_predictor (any framework)")
     verify_files(d, manifest)
     model = build_model(manifest["model"]["name"], manifest["model"]["kwargs"])
     model.load_state_dict(load_file(str(d / manifest["weights"]), device=device))

@@ -10,9 +10,11 @@ from kiln.runtime.backends import (
 )
 from kiln.runtime.load import (
     artifact_folder,
+    backend_available,
     list_artifacts,
     load_predictor,
     make_backend,
+    reference_artifact,
 )
 from kiln.runtime.predictor import Backend, Predictions, Predictor, pad_batch, softmax
 
@@ -25,10 +27,12 @@ __all__ = [
     "Predictor",
     "TorchBackend",
     "artifact_folder",
+    "backend_available",
     "list_artifacts",
     "load_predictor",
     "make_backend",
     "pad_batch",
     "quantize_dynamic_int8",
+    "reference_artifact",
     "softmax",
 ]

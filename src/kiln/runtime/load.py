@@ -28,9 +28,14 @@ def artifact_folder(path: str | os.PathLike[str]) -> Path:
     raise RunDirError(f"{p} holds no kiln model: no {MANIFEST} in it, its export/ or its model/")
 
 
+def reference_artifact(manifest: dict[str, Any]) -> str:
+    """The trained model itself as an artifact name: ``torch-fp32`` or ``keras-fp32``."""
+    return f"{manifest.get('framework', 'torch')}-fp32"
+
+
 def list_artifacts(folder: Path, manifest: dict[str, Any]) -> list[str]:
     """Artifact names usable from ``folder``: the trained model and every exported artifact."""
-    return ["torch-fp32", *manifest.get("artifacts", {})]
+    return [reference_artifact(manifest), *manifest.get("artifacts", {})]
 
 
 def load_predictor(
@@ -38,7 +43,7 @@ def load_predictor(
     allow_failed: bool = False, spin_wait: bool = True,
 ) -> Predictor:
     """A Predictor over ``artifact``; by default the one `kiln bench` measured fastest, else the
-    export's recommended one, else torch-fp32.
+    export's recommended one, else the trained model (torch-fp32 or keras-fp32).
 
     Raises:
         RunDirError: unknown artifact, a file that fails its checksum, or an artifact that failed
@@ -48,7 +53,7 @@ def load_predictor(
     manifest = read_manifest(folder)
     verify_files(folder, manifest)
     name = (artifact or _benchmarked_choice(folder, manifest)
-            or manifest.get("export", {}).get("recommended") or "torch-fp32")
+            or manifest.get("export", {}).get("recommended") or reference_artifact(manifest))
     tokenizer = Tokenizer.from_file(str(folder / manifest["tokenizer"]))
     backend = make_backend(folder, manifest, name, threads=threads, allow_failed=allow_failed,
                            spin_wait=spin_wait)
@@ -67,14 +72,20 @@ def _benchmarked_choice(folder: Path, manifest: dict[str, Any]) -> str | None:
     except (OSError, json.JSONDecodeError):
         return None
     entry = manifest.get("artifacts", {}).get(choice)
-    return choice if choice == "torch-fp32" or (entry and entry.get("passed")) else None
+    return choice if choice == reference_artifact(manifest) or (entry and entry.get("passed")) else None
 
 
 def make_backend(folder: Path, manifest: dict[str, Any], name: str, *, threads: int | None = None,
                  allow_failed: bool = False, spin_wait: bool = True) -> Backend:
-    # torch-fp32 is the trained model itself: always there, never parity-checked
+    """The backend that runs artifact ``name`` of ``folder``.
+
+    Raises:
+        RunDirError: unknown or failed artifact, or one whose runtime is not installed.
+    """
+    reference = reference_artifact(manifest)
+    # the trained model itself: always there, never parity-checked
     entry: dict[str, Any] | None = (
-        {"passed": True} if name == "torch-fp32" else manifest.get("artifacts", {}).get(name))
+        {"passed": True} if name == reference else manifest.get("artifacts", {}).get(name))
     if entry is None:
         raise RunDirError(f"no artifact '{name}' in {folder}; available: "
                           f"{list_artifacts(folder, manifest)}")
@@ -83,8 +94,42 @@ def make_backend(folder: Path, manifest: dict[str, Any], name: str, *, threads: 
     if name.startswith("torch"):
         model = load_model_dir(folder).model
         return TorchBackend(model, int8=name == "torch-int8", threads=threads)
+    if name == "keras-fp32" or entry.get("backend") == "tensorflow":
+        return _tensorflow_backend(folder, manifest, name, entry, threads)
     if entry.get("backend") == "tensorrt":
         return TensorRtBackend(folder / entry["file"])
     if entry.get("backend") == "openvino":
         return OpenVinoBackend(folder / entry["file"], threads=threads)
     return OrtBackend(folder / entry["file"], threads=threads, spin_wait=spin_wait)
+
+
+def backend_available(name: str, manifest: dict[str, Any]) -> bool:
+    """Whether this installation can run artifact ``name`` (TensorFlow ones need kiln[keras])."""
+    entry = manifest.get("artifacts", {}).get(name, {})
+    if name == "keras-fp32" or entry.get("backend") == "tensorflow":
+        from kiln.keras import keras_available
+
+        return keras_available()
+    if entry.get("backend") == "openvino":
+        from kiln.export.openvino_export import openvino_available
+
+        return openvino_available()
+    if entry.get("backend") == "tensorrt":
+        from kiln.export.tensorrt_export import tensorrt_available
+
+        return tensorrt_available()
+    return True
+
+
+def _tensorflow_backend(folder: Path, manifest: dict[str, Any], name: str, entry: dict[str, Any],
+                        threads: int | None) -> Backend:
+    if not backend_available(name, manifest):
+        from kiln.keras import INSTALL_HINT
+
+        raise RunDirError(f"artifact '{name}' runs on TensorFlow, which is not installed: "
+                          f"{INSTALL_HINT}; the ONNX artifacts need only onnxruntime")
+    from kiln.keras.backends import KerasBackend, SavedModelBackend
+
+    if name == "keras-fp32":
+        return KerasBackend.from_file(folder / manifest["weights"], threads=threads)
+    return SavedModelBackend(folder / entry["file"], threads=threads)

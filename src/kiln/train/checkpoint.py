@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import re
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -41,14 +42,29 @@ def save_checkpoint(
     Returns:
         The checkpoint folder.
     """
+
+    def write(tmp: Path) -> None:
+        save_safetensors(model_state, tmp / "model.safetensors")
+        torch.save(optimizer_state, tmp / "optimizer.pt")
+        torch.save(trainer_state, tmp / "trainer_state.pt")
+
+    return write_checkpoint(run_dir, step, write, keep, extra_files)
+
+
+def write_checkpoint(
+    run_dir: Path, step: int, write: Callable[[Path], None], keep: int,
+    extra_files: tuple[Path, ...] = (),
+) -> Path:
+    """The checkpoint protocol for any framework: ``write(tmp)`` fills a temporary folder, which
+    is fsynced and renamed to ``checkpoints/step-NNNNNN``; then ``latest`` points at it and only
+    the newest ``keep`` checkpoints are kept.
+    """
     root = run_dir / CHECKPOINTS
     root.mkdir(parents=True, exist_ok=True)
     final = checkpoint_dir(run_dir, step)
     tmp = temp_dir(root, f".tmp-{final.name}-")
     try:
-        save_safetensors(model_state, tmp / "model.safetensors")
-        torch.save(optimizer_state, tmp / "optimizer.pt")
-        torch.save(trainer_state, tmp / "trainer_state.pt")
+        write(tmp)
         for f in extra_files:
             shutil.copy2(f, tmp / f.name)
         for f in tmp.iterdir():

@@ -16,11 +16,19 @@ from kiln.data import (
     EncodedDataset,
     encode_labels,
     encode_texts,
+    load_tokenizer,
     read_examples,
     sorted_batches,
 )
-from kiln.models import load_model_dir, resolve_model_dir
-from kiln.train.metrics import EvalResult, confusion_matrix, from_confusion, summarize
+from kiln.models import load_model_dir, read_manifest, resolve_model_dir
+from kiln.runtime import Backend, make_backend, reference_artifact
+from kiln.train.metrics import (
+    EvalResult,
+    confusion_matrix,
+    cross_entropy_sum,
+    from_confusion,
+    summarize,
+)
 
 
 @torch.no_grad()
@@ -69,14 +77,34 @@ def evaluate_file(
     Raises:
         RunDirError: not a model folder. DataError: bad file or a label the model does not know.
     """
-    loaded = load_model_dir(resolve_model_dir(model_dir))
-    columns = loaded.manifest.get("data", {})
+    folder = resolve_model_dir(model_dir)
+    manifest = read_manifest(folder)
+    columns = manifest.get("data", {})
     path = Path(data_file)
     raw = read_examples(path, text_column or columns.get("text_column", "text"),
                         label_column or columns.get("label_column", "label"))
-    labels = encode_labels(raw, loaded.label_names, path)
-    dataset = EncodedDataset(encode_texts(loaded.tokenizer, [e.text for e in raw]), labels)
-    pad = int(loaded.manifest["model"]["kwargs"].get("pad_id", 0))
+    names = list(manifest["labels"])
+    labels = encode_labels(raw, names, path)
+    tokenizer = load_tokenizer(folder / manifest["tokenizer"])
+    dataset = EncodedDataset(encode_texts(tokenizer, [e.text for e in raw]), labels)
+    pad = int(manifest["model"]["kwargs"].get("pad_id", 0))
     batches = sorted_batches(dataset, pad, batch_size)
-    result = evaluate(loaded.model, batches, len(loaded.label_names), torch.device("cpu"))
-    return result, loaded.label_names
+    if manifest.get("framework", "torch") != "torch":
+        # a model of another framework (keras) runs through its runtime backend
+        backend = make_backend(folder, manifest, reference_artifact(manifest))
+        return evaluate_backend(backend, batches, len(names)), names
+    loaded = load_model_dir(folder)
+    result = evaluate(loaded.model, batches, len(names), torch.device("cpu"))
+    return result, names
+
+
+def evaluate_backend(backend: Backend, batches: Iterable[Batch], num_classes: int) -> EvalResult:
+    """Loss, accuracy, macro-F1 and confusion matrix of any runtime backend on ``batches``."""
+    loss_sum, labels, preds = 0.0, [], []
+    for batch in batches:
+        logits = backend.run(batch["input_ids"].numpy(), batch["attention_mask"].numpy())
+        y = batch["labels"].numpy()
+        loss_sum += cross_entropy_sum(logits, y)
+        labels.append(y)
+        preds.append(logits.argmax(-1))
+    return summarize(loss_sum, np.concatenate(labels), np.concatenate(preds), num_classes)

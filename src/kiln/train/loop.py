@@ -112,11 +112,17 @@ def train(cfg: Config, *, fresh: bool = False, progress: bool | None = None) -> 
 
     Started by torchrun (several processes), each process trains its share of every batch and
     only rank 0 writes; the result is that of one process with the same global batch.
+    ``framework=keras`` hands the same config to the Keras path (``kiln.keras``).
 
     Raises:
         ConfigError, DataError, RunDirError: bad config, data or run directory.
         TrainingDiverged: too many steps in a row with a non-finite loss or gradient.
     """
+    if cfg.framework == "keras":
+        from kiln.keras import train_keras  # imports TensorFlow only now
+
+        return train_keras(cfg, fresh=fresh, progress=progress)
+
     d, device = init_distributed(resolve_device(cfg.train.device))
     try:
         return _train(cfg, d, device, fresh, progress)

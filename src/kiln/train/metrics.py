@@ -36,6 +36,14 @@ def macro_f1(cm: np.ndarray) -> float:
     return float(f1.mean())
 
 
+def cross_entropy_sum(logits: np.ndarray, labels: np.ndarray) -> float:
+    """Summed softmax cross-entropy of ``logits`` [n, classes] against class indices, in float64."""
+    z = logits.astype(np.float64)
+    z = z - z.max(axis=-1, keepdims=True)
+    log_probs = z - np.log(np.exp(z).sum(axis=-1, keepdims=True))
+    return float(-log_probs[np.arange(len(labels)), labels].sum())
+
+
 def summarize(loss_sum: float, labels: np.ndarray, preds: np.ndarray, num_classes: int) -> EvalResult:
     """Build an EvalResult from summed loss, true labels and predicted labels."""
     return from_confusion(loss_sum, confusion_matrix(labels, preds, num_classes))
