@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import os
+import signal
+import subprocess
+import time
 from pathlib import Path
 
 import pytest
@@ -61,3 +64,52 @@ def exported_run(small_dataset: tuple[Path, Path], tmp_path_factory: pytest.Temp
           progress=False)
     export_run(run)
     return run
+
+
+def kill_at_checkpoint(proc: subprocess.Popen[bytes], run: Path, min_step: int, timeout_s: float,
+                       with_children: bool = False) -> int:
+    """SIGKILL ``proc`` (and, if asked, every process below it, as when a machine dies) once
+    ``run`` holds a checkpoint at ``min_step`` or later; returns the step of the latest one."""
+    from kiln.train.checkpoint import latest_checkpoint, list_checkpoints
+
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline and proc.poll() is None:
+        ckpts = list_checkpoints(run)
+        if ckpts and int(ckpts[-1].name[5:]) >= min_step:
+            break
+        time.sleep(0.02)
+    assert proc.poll() is None, "training finished before it could be killed"
+    children = _descendants(proc.pid) if with_children else []
+    for pid in [proc.pid, *children]:
+        os.kill(pid, signal.SIGKILL)
+    proc.wait()
+    while any(_alive(pid) for pid in children):
+        time.sleep(0.05)
+    latest = latest_checkpoint(run)
+    assert latest is not None
+    return int(latest.name[5:])
+
+
+def _descendants(pid: int) -> list[int]:
+    """Every process below ``pid`` (torchrun starts its workers in their own sessions); Linux."""
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+    found, todo = [], [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            found.append(child)
+            todo.append(child)
+    return found
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"

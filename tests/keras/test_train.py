@@ -1,12 +1,9 @@
 """`framework=keras` training: the run directory contract, exact resume, the config's options."""
 
 import json
-import os
 import shutil
-import signal
 import subprocess
 import sys
-import time
 import warnings
 from pathlib import Path
 
@@ -17,6 +14,7 @@ from kiln.config import load_config
 from kiln.errors import ConfigError
 from kiln.train import train
 from kiln.train.checkpoint import latest_checkpoint, list_checkpoints
+from tests.conftest import kill_at_checkpoint
 from tests.keras.conftest import NEEDS_KERAS, keras_overrides
 
 pytest.importorskip("tensorflow", reason=NEEDS_KERAS)
@@ -170,17 +168,8 @@ def test_sigkill_mid_epoch_then_resume_matches_uninterrupted_run(
 
     proc = subprocess.Popen(cmd + keras_overrides(*small_dataset, killed, **settings),
                             env=keras_env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 300
-    while time.monotonic() < deadline and proc.poll() is None:
-        ckpts = list_checkpoints(killed)
-        if ckpts and int(ckpts[-1].name[5:]) >= 8:
-            break
-        time.sleep(0.02)
-    assert proc.poll() is None, "training finished before it could be killed"
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.wait()
+    stopped_at = kill_at_checkpoint(proc, killed, 8, timeout_s=300)
     assert not (killed / "model").exists()
-    stopped_at = int(latest_checkpoint(killed).name[5:])  # type: ignore[union-attr]
     assert stopped_at < 75
 
     done = subprocess.run(cmd + keras_overrides(*small_dataset, killed, **settings),

@@ -5,12 +5,9 @@ two-process run killed mid-epoch resumes to exactly where an uninterrupted one e
 """
 
 import json
-import os
 import shutil
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -19,8 +16,8 @@ import torch
 from safetensors.torch import load_file
 
 from kiln.data import EpochBatchSampler, SortedBatchSampler, shard_batches
-from kiln.train.checkpoint import latest_checkpoint, list_checkpoints
-from tests.conftest import tiny_overrides
+from kiln.train.checkpoint import list_checkpoints
+from tests.conftest import kill_at_checkpoint, tiny_overrides
 
 KILN = [sys.executable, "-m", "kiln", "train"]
 
@@ -28,31 +25,6 @@ KILN = [sys.executable, "-m", "kiln", "train"]
 def train_losses(run: Path) -> list[float]:
     lines = (run / "metrics.jsonl").read_text().splitlines()
     return [json.loads(x)["loss"] for x in lines if '"kind": "train"' in x]
-
-
-def descendants(pid: int) -> list[int]:
-    """Every process below ``pid`` (torchrun starts its workers in their own sessions)."""
-    children: dict[int, list[int]] = {}
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
-    found, todo = [], [pid]
-    while todo:
-        for child in children.get(todo.pop(), []):
-            found.append(child)
-            todo.append(child)
-    return found
-
-
-def alive(pid: int) -> bool:
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except OSError:
-        return False
-    return state != "Z"
 
 
 def test_ranks_split_every_global_batch_between_them() -> None:
@@ -119,20 +91,8 @@ def test_killed_two_process_run_resumes_to_the_uninterrupted_result(
 
     proc = subprocess.Popen(launch + tiny_overrides(*small_dataset, killed, **settings),
                             env=cli_env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 180
-    while time.monotonic() < deadline and proc.poll() is None:
-        ckpts = list_checkpoints(killed)
-        if ckpts and int(ckpts[-1].name[5:]) >= 6:
-            break
-        time.sleep(0.02)
-    assert proc.poll() is None, "training finished before it could be killed"
-    workers = descendants(proc.pid)
-    for pid in [proc.pid, *workers]:  # like a machine that dies: torchrun and both workers
-        os.kill(pid, signal.SIGKILL)
-    proc.wait()
-    while any(alive(pid) for pid in workers):
-        time.sleep(0.05)
-    stopped_at = int(latest_checkpoint(killed).name[5:])  # type: ignore[union-attr]
+    # like a machine that dies: torchrun and both workers
+    stopped_at = kill_at_checkpoint(proc, killed, 6, timeout_s=180, with_children=True)
     assert stopped_at < 50 and not (killed / "model").exists()
 
     done = subprocess.run(launch + tiny_overrides(*small_dataset, killed, **settings),

@@ -1,11 +1,8 @@
 """Exact resume: a run interrupted at a checkpoint ends bit-identical to an uninterrupted one."""
 
-import os
 import shutil
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -14,7 +11,7 @@ from safetensors.torch import load_file
 from kiln.config import load_config
 from kiln.train import train
 from kiln.train.checkpoint import latest_checkpoint, list_checkpoints
-from tests.conftest import tiny_overrides
+from tests.conftest import kill_at_checkpoint, tiny_overrides
 
 RESUME_SETTINGS = {"train.epochs": 2, "train.checkpoint_every": 4, "train.eval_every": 6,
                    "train.keep_checkpoints": 20, "train.select": "last", "model.dropout": 0.2}
@@ -77,17 +74,8 @@ def test_sigkill_mid_epoch_then_resume_matches_uninterrupted_run(
 
     proc = subprocess.Popen(cmd + tiny_overrides(*small_dataset, killed, **settings),
                             env=cli_env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline and proc.poll() is None:
-        ckpts = list_checkpoints(killed)
-        if ckpts and int(ckpts[-1].name[5:]) >= 8:
-            break
-        time.sleep(0.02)
-    assert proc.poll() is None, "training finished before it could be killed"
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.wait()
+    stopped_at = kill_at_checkpoint(proc, killed, 8, timeout_s=120)
     assert not (killed / "model").exists()
-    stopped_at = int(latest_checkpoint(killed).name[5:])  # type: ignore[union-attr]
     assert stopped_at < 75
 
     done = subprocess.run(cmd + tiny_overrides(*small_dataset, killed, **settings), env=cli_env,

@@ -36,7 +36,13 @@ from kiln.keras.model import build_keras_model, inference_copy, serving_function
 from kiln.keras.optim import make_optimizer
 from kiln.models import build_manifest, model_kwargs, save_model_files, versions
 from kiln.train.logger import RunLogger
-from kiln.train.loop import TrainingDiverged, TrainResult, TrainState
+from kiln.train.loop import (
+    TrainingDiverged,
+    TrainResult,
+    TrainState,
+    eval_record,
+    manifest_extra,
+)
 from kiln.train.metrics import EvalResult, cross_entropy_sum, summarize
 from kiln.train.optim import warmup_steps
 from kiln.train.run_dir import CONFIG_FILE, start_run_dir
@@ -142,7 +148,7 @@ def train_keras(cfg: Config, *, fresh: bool = False, progress: bool | None = Non
             score < state.best_metric if tc.metric == "loss" else score > state.best_metric)
         if improved:
             state.best_metric, state.best_step = score, state.step
-            state.best_eval = _eval_record(result)
+            state.best_eval = eval_record(result)
             state.evals_without_improvement = 0
             if writes:
                 write_atomic(run_dir / "best" / BEST_FILE,
@@ -153,7 +159,7 @@ def train_keras(cfg: Config, *, fresh: bool = False, progress: bool | None = Non
                 state.stopped_early = True
                 log.message(f"early stopping at step {state.step}: no {tc.metric} improvement in "
                             f"{state.evals_without_improvement} evaluations")
-        state.last_eval = _eval_record(result)
+        state.last_eval = eval_record(result)
 
     def epoch_begin() -> None:
         epoch_loss.update(mean=0.0, samples=0)
@@ -293,28 +299,11 @@ def _write_model_dir(cfg: Config, run_dir: Path, model: Any, kwargs: dict[str, A
         final.set_weights(load_arrays(best_file, final.weights))
     manifest = build_manifest(
         cfg.model.name, kwargs, label_names, cfg.data.max_length,
-        extra={
-            "training": {
-                "run_dir": str(run_dir),
-                "selected": "best" if use_best else "last",
-                "step": state.best_step if use_best else state.step,
-                "total_steps": state.step,
-                "metric": cfg.train.metric,
-                "eval": dict(state.best_eval if use_best else state.last_eval),
-                "precision": setup.precision,
-                "keras_policy": setup.policy,
-                "strategy": setup.strategy_name,
-                "seed": cfg.seed,
-            },
-            "data": {"text_column": cfg.data.text_column, "label_column": cfg.data.label_column},
-        },
-    )
+        extra=manifest_extra(cfg, run_dir, state, use_best, setup.precision,
+                             keras_policy=setup.policy, strategy=setup.strategy_name))
     manifest["framework"] = "keras"
     manifest["weights"] = MODEL_FILE
     manifest["versions"] = {**manifest["versions"], **keras_versions()}
     return save_model_files(run_dir / "model", lambda tmp: final.save(str(tmp / MODEL_FILE)),
                             run_dir / "tokenizer.json", manifest)
 
-
-def _eval_record(result: EvalResult) -> dict[str, Any]:
-    return {**result.scalars(), "confusion": result.confusion, "num_examples": result.num_examples}

@@ -235,7 +235,7 @@ def _train(
             score < state.best_metric if tc.metric == "loss" else score > state.best_metric)
         if improved:  # every rank sees the same reduced result and takes the same branch
             state.best_metric, state.best_step = score, state.step
-            state.best_eval = _eval_record(result)
+            state.best_eval = eval_record(result)
             state.evals_without_improvement = 0
             weights = full_model_state(model)
             if d.is_main:
@@ -247,7 +247,7 @@ def _train(
                 state.stopped_early = True
                 log.message(f"early stopping at step {state.step}: no {tc.metric} improvement in "
                             f"{state.evals_without_improvement} evaluations")
-        state.last_eval = _eval_record(result)
+        state.last_eval = eval_record(result)
 
     def forward_backward(group: list[Batch], num_examples: int) -> torch.Tensor:
         """Gradients of the group's summed loss / num_examples; returns that loss (this rank's
@@ -508,24 +508,31 @@ def _write_model_dir(
     best_file = run_dir / "best" / "model.safetensors"
     use_best = cfg.train.select == "best" and state.best_eval and best_file.exists()
     weights = load_file(str(best_file)) if use_best else last_weights
-    manifest = build_manifest(
-        cfg.model.name, kwargs, label_names, cfg.data.max_length,
-        extra={
-            "training": {
-                "run_dir": str(run_dir),
-                "selected": "best" if use_best else "last",
-                "step": state.best_step if use_best else state.step,
-                "total_steps": state.step,
-                "metric": cfg.train.metric,
-                "eval": {k: v for k, v in (state.best_eval if use_best else state.last_eval).items()},
-                "precision": precision,
-                "seed": cfg.seed,
-            },
-            "data": {"text_column": cfg.data.text_column, "label_column": cfg.data.label_column},
-        },
-    )
+    manifest = build_manifest(cfg.model.name, kwargs, label_names, cfg.data.max_length,
+                              extra=manifest_extra(cfg, run_dir, state, bool(use_best), precision))
     return save_model_dir(run_dir / "model", weights, run_dir / "tokenizer.json", manifest)
 
 
-def _eval_record(result: EvalResult) -> dict[str, Any]:
+def manifest_extra(cfg: Config, run_dir: Path, state: TrainState, use_best: bool, precision: str,
+                   **training: Any) -> dict[str, Any]:
+    """The manifest's "training" and "data" records: which weights were kept and how they scored
+    (``training`` adds framework-specific entries)."""
+    return {
+        "training": {
+            "run_dir": str(run_dir),
+            "selected": "best" if use_best else "last",
+            "step": state.best_step if use_best else state.step,
+            "total_steps": state.step,
+            "metric": cfg.train.metric,
+            "eval": dict(state.best_eval if use_best else state.last_eval),
+            "precision": precision,
+            **training,
+            "seed": cfg.seed,
+        },
+        "data": {"text_column": cfg.data.text_column, "label_column": cfg.data.label_column},
+    }
+
+
+def eval_record(result: EvalResult) -> dict[str, Any]:
+    """An evaluation as kept in TrainState and the manifest: scalars, confusion, example count."""
     return {**result.scalars(), "confusion": result.confusion, "num_examples": result.num_examples}
