@@ -77,7 +77,7 @@ def test_two_processes_match_one_process_with_the_same_global_batch(
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="finds the workers through /proc")
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="Linux only: finds torchrun's worker processes through /proc to kill them")
 def test_killed_two_process_run_resumes_to_the_uninterrupted_result(
     small_dataset: tuple[Path, Path], tmp_path: Path, cli_env: dict[str, str]
 ) -> None:

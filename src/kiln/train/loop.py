@@ -190,7 +190,7 @@ def _train(
         state.load_state_dict(trainer_state["progress"])
         rngs = trainer_state.get("rng_ranks", [trainer_state["rng"]])
         restore_rng_state(rngs[d.rank] if d.rank < len(rngs) else rngs[0])
-        _adapt_position(trainer_state, state, sampler, tc, d)
+        _adapt_position(trainer_state, state, sampler, global_batch, tc, d)
         del checkpoint_state
 
     log: RunLogger | NullLogger = (
@@ -205,6 +205,8 @@ def _train(
         f"processes{', ' + tc.strategy if d.enabled else ''}), {total_steps} steps"
         + (f", resumed at step {state.step}" if resume_from else "")
     )
+    log.message(f"MFU measured against {peak / 1e12:.2f} TFLOP/s per device ({peak_source})"
+                if peak else f"no MFU: {peak_source}")
     if tc.strategy == "fsdp" and not d.enabled:
         log.message("train.strategy=fsdp in one process: nothing to shard, training unsharded "
                     "(start several with kiln train --nproc-per-node N)")
@@ -284,7 +286,8 @@ def _train(
             micro_batches = iter(loader)
             while state.step < total_steps and not state.stopped_early:
                 step_start = time.perf_counter()
-                with record_function(DATA_WAIT):
+                # marked for the profiler only: record_function costs a dispatcher call per step
+                with record_function(DATA_WAIT) if profiler is not None else contextlib.nullcontext():
                     group: list[Batch] = list(itertools.islice(micro_batches, tc.grad_accum_steps))
                 data_wait = time.perf_counter() - step_start
                 if not group:
@@ -425,7 +428,8 @@ def finished_result(run_dir: Path) -> TrainResult:
 
 
 def _adapt_position(
-    saved: dict[str, Any], state: TrainState, sampler: EpochBatchSampler, tc: TrainConfig, d: Dist
+    saved: dict[str, Any], state: TrainState, sampler: EpochBatchSampler, global_batch: int,
+    tc: TrainConfig, d: Dist,
 ) -> None:
     """Resume at another world size (e.g. an FSDP run on 4 ranks continued on 2): the global batch
     must stay the same; the position in the epoch is kept in examples.
@@ -433,7 +437,6 @@ def _adapt_position(
     Raises:
         RunDirError: the global batch (batch_size x grad_accum_steps x processes) would change.
     """
-    global_batch = tc.batch_size * tc.grad_accum_steps * d.world_size
     if saved.get("global_batch", global_batch) != global_batch:
         raise RunDirError(
             f"the run was trained with a global batch of {saved['global_batch']} and this resume "
