@@ -148,7 +148,8 @@ def export_run(
     if not (run / "config.yaml").exists() or not (run / "model" / MANIFEST).exists():
         raise RunDirError(f"{run} is not a finished kiln run (config.yaml and model/{MANIFEST} "
                           "are needed); train it first")
-    framework = read_manifest(run / "model").get("framework", "torch")
+    manifest = read_manifest(run / "model")
+    framework = manifest.get("framework", "torch")
     artifacts = list(artifacts or default_artifacts(framework))
     unknown = sorted(set(artifacts) - set(ARTIFACTS))
     if unknown:
@@ -163,7 +164,6 @@ def export_run(
     if "tensorrt-fp16" in artifacts and not tensorrt_available():
         raise RunDirError("the TensorRT artifact needs a CUDA GPU and the tensorrt package")
     trained = load_trained_model(run / "model")
-    manifest = read_manifest(run / "model")
     kwargs = manifest["model"]["kwargs"]
     max_length = int(manifest["max_length"])
     data = prepare_data(load_config(run / "config.yaml"), run)
