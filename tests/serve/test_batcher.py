@@ -10,7 +10,7 @@ from kiln.serve.batcher import Batcher, Pending, QueueFull, take_batch
 
 def pending(rows: int, length: int, enqueued: float) -> Pending:
     loop = asyncio.new_event_loop()
-    p = Pending([[1] * length for _ in range(rows)], enqueued, loop.create_future())
+    p = Pending([[1] * length for _ in range(rows)], enqueued, loop.create_future(), length)
     loop.close()
     return p
 
@@ -33,11 +33,11 @@ def test_fills_with_similar_lengths_and_never_exceeds_the_limit() -> None:
 def test_failing_batch_fails_only_its_requests_and_full_queue_is_refused() -> None:
     calls = []
 
-    def run(ids: np.ndarray, mask: np.ndarray) -> np.ndarray:
-        calls.append(ids.shape)
-        if (ids == 666).any():
+    def run(rows: list[list[int]]) -> np.ndarray:
+        calls.append(len(rows))
+        if any(666 in r for r in rows):
             raise RuntimeError("bad batch")
-        return np.zeros((len(ids), 2), dtype=np.float32)
+        return np.zeros((len(rows), 2), dtype=np.float32)
 
     async def scenario() -> None:
         batcher = Batcher(run, max_batch_size=4, max_delay_ms=1, max_queue_size=6)
@@ -46,9 +46,29 @@ def test_failing_batch_fails_only_its_requests_and_full_queue_is_refused() -> No
             await batcher.submit([[666]])
         ok = await asyncio.gather(*(batcher.submit([[1, 2, 3]]) for _ in range(4)))
         assert all(r.shape == (1, 2) for r in ok)
-        assert any(shape[0] > 1 for shape in calls), "requests were not batched together"
+        assert any(n > 1 for n in calls), "requests were not batched together"
         with pytest.raises(QueueFull):
             await batcher.submit([[1]] * 7)
         await batcher.stop()
 
     asyncio.run(scenario())
+
+
+def test_a_request_that_times_out_leaves_the_queue_and_is_never_computed() -> None:
+    computed: list[list[int]] = []
+
+    def run(rows: list[list[int]]) -> list[int]:
+        computed.extend(rows)
+        return [0] * len(rows)
+
+    async def scenario() -> None:
+        # a batch of 4 is due only after 200 ms; the request gives up after 20 ms
+        batcher = Batcher(run, max_batch_size=4, max_delay_ms=200, max_queue_size=8)
+        with pytest.raises(asyncio.TimeoutError):
+            await batcher.submit([[7, 7]], timeout_s=0.02)
+        assert batcher.queued_rows == 0 and batcher.waiting == []
+        assert await batcher.submit([[1]] * 4, timeout_s=5) == [0, 0, 0, 0]  # full: runs at once
+        await batcher.stop()
+
+    asyncio.run(scenario())
+    assert [7, 7] not in computed

@@ -258,3 +258,28 @@ def test_a_repository_serves_several_models_and_versions(exported_run: Path, tmp
     finally:
         proc.terminate()
         proc.wait(timeout=30)
+
+
+def test_worker_processes_share_the_port_and_their_metrics_add_up(exported_run: Path) -> None:
+    import os
+    import signal
+
+    from kiln.bench.load import LoadSettings, run_load
+
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    proc, url = start_server(exported_run, env, "--workers", "2", "--threads", "1")
+    try:
+        children = subprocess.run(["pgrep", "-f", "-P", str(proc.pid), "spawn_main"],
+                                  capture_output=True, text=True).stdout.split()
+        assert len(children) == 2, children
+        report = run_load(url, TEXTS, LoadSettings(model="clf", concurrency=8, duration_s=1.0))
+        assert report["ok"] > 0 and report["errors"] == {}
+        with urllib.request.urlopen(f"http://{url}/metrics") as r:
+            families = {f.name: f for f in text_string_to_metric_families(r.read().decode())}
+        served = sum(s.value for s in families["kiln_requests"].samples
+                     if s.name == "kiln_requests_total" and s.labels["outcome"] == "success")
+        assert served == report["ok"]  # both workers' counts, summed
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=60) == 0
+    assert all(not Path(f"/proc/{pid}").exists() for pid in children)

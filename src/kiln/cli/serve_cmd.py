@@ -28,7 +28,11 @@ def add_parser(sub: Any) -> None:
                         help="longest wait to fill a batch (default 2 ms)")
     parser.add_argument("--max-queue-size", type=int, default=512,
                         help="texts waiting before new requests get 503 (default 512)")
-    parser.add_argument("--instances", type=int, default=1, help="batches run at once (default 1)")
+    parser.add_argument("--instances", type=int, default=1,
+                        help="batches run at once in each worker (default 1)")
+    parser.add_argument("--workers", type=int, default=1,
+                        help="server processes sharing the port, each with its own batcher and "
+                        "model copy; queue limits apply per worker (default 1)")
     parser.add_argument("--timeout", type=float, default=30.0, help="per-request seconds (default 30)")
     parser.add_argument("--max-request-bytes", type=int, default=4 * 1024 * 1024)
     parser.add_argument("--threads", type=int, help="CPU threads per model instance")
@@ -42,15 +46,13 @@ def add_parser(sub: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    import uvicorn
-
-    from kiln.serve import ServeSettings, build_app
+    from kiln.serve import ServeSettings, run_server
     from kiln.serve.repository import discover_models
 
     if args.host not in LOCAL_HOSTS and not args.api_key:
         raise KilnError(f"binding to {args.host} exposes the model beyond this machine: set "
                         "--api-key (or KILN_API_KEY)")
-    for flag in ("max_batch_size", "max_queue_size", "instances", "max_request_bytes"):
+    for flag in ("max_batch_size", "max_queue_size", "instances", "workers", "max_request_bytes"):
         if getattr(args, flag) < 1:
             raise KilnError(f"--{flag.replace('_', '-')} must be at least 1")
     repository = discover_models(Path(args.path), args.name)  # fails now, naming the path
@@ -58,10 +60,8 @@ def run(args: argparse.Namespace) -> int:
         max_batch_size=args.max_batch_size, max_queue_delay_ms=args.max_queue_delay_ms,
         max_queue_size=args.max_queue_size, instances=args.instances, timeout_s=args.timeout,
         max_request_bytes=args.max_request_bytes, api_key=args.api_key, threads=args.threads,
-        artifact=args.artifact, spin_wait=args.spin_wait)
-    app = build_app(repository, settings)
+        artifact=args.artifact, spin_wait=args.spin_wait, workers=args.workers)
     served = ", ".join(f"{m} (versions {', '.join(sorted(v, key=int))})" for m, v in repository.items())
     print(f"kiln serve: http://{args.host}:{args.port}  models: {served}", flush=True)
-    uvicorn.run(app, host=args.host, port=args.port, log_level="warning",
-                timeout_graceful_shutdown=30)
+    run_server(repository, settings, args.host, args.port)
     return 0

@@ -48,8 +48,33 @@ def make_metrics() -> ServerMetrics:
                                   ["model"], buckets=LATENCY_BUCKETS, registry=r),
         batch_size=Histogram("kiln_batch_size", "Rows per executed batch", ["model"],
                              buckets=BATCH_BUCKETS, registry=r),
-        queue_depth=Gauge("kiln_queue_depth", "Rows waiting in the queue", ["model"], registry=r),
-        inflight=Gauge("kiln_inflight_requests", "Requests being handled", ["model"], registry=r),
+        # with several worker processes: the live workers' sum, and the slowest load
+        queue_depth=Gauge("kiln_queue_depth", "Rows waiting in the queue", ["model"], registry=r,
+                          multiprocess_mode="livesum"),
+        inflight=Gauge("kiln_inflight_requests", "Requests being handled", ["model"], registry=r,
+                       multiprocess_mode="livesum"),
         load_seconds=Gauge("kiln_model_load_seconds", "Time to load and warm up the model",
-                           ["model"], registry=r),
+                           ["model"], registry=r, multiprocess_mode="max"),
     )
+
+
+@dataclass
+class ModelMetrics:
+    """One model's labelled series, looked up once: ``labels()`` takes a lock on every call."""
+
+    request_seconds: Histogram
+    queue_seconds: Histogram
+    compute_seconds: Histogram
+    batch_size: Histogram
+    queue_depth: Gauge
+    inflight: Gauge
+    load_seconds: Gauge
+
+
+def model_metrics(metrics: ServerMetrics, model: str) -> ModelMetrics:
+    m = metrics
+    return ModelMetrics(
+        request_seconds=m.request_seconds.labels(model), queue_seconds=m.queue_seconds.labels(model),
+        compute_seconds=m.compute_seconds.labels(model), batch_size=m.batch_size.labels(model),
+        queue_depth=m.queue_depth.labels(model), inflight=m.inflight.labels(model),
+        load_seconds=m.load_seconds.labels(model))

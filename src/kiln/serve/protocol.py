@@ -3,22 +3,21 @@
 from __future__ import annotations
 
 import json
+import math
 import struct
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
+from kiln.serve.asgi import HttpError
+
 OUTPUTS = ("logits", "probabilities", "label")
 DTYPES = {"logits": "FP32", "probabilities": "FP32", "label": "BYTES"}
 
 
-class ProtocolError(Exception):
-    """A request the server cannot accept; ``status`` is the HTTP status to answer with."""
-
-    def __init__(self, message: str, status: int = 400) -> None:
-        super().__init__(message)
-        self.status = status
+class ProtocolError(HttpError):
+    """A request body the Open Inference Protocol does not allow (400 unless said otherwise)."""
 
 
 @dataclass(frozen=True)
@@ -77,23 +76,31 @@ def parse_infer_request(body: bytes, header_length: str | None, max_length: int)
 
 
 def build_infer_response(
-    model: str, version: str, request: InferRequest, logits: np.ndarray, probabilities: np.ndarray,
-    labels: list[str],
+    model: str, version: str, request: InferRequest, logits: list[list[float]],
+    probabilities: list[list[float]], labels: list[str],
 ) -> tuple[bytes, dict[str, str]]:
-    """The response body and extra headers (binary extension when any output asked for it)."""
-    values: dict[str, Any] = {"logits": logits.astype(np.float32),
-                              "probabilities": probabilities.astype(np.float32), "label": labels}
+    """The response body and extra headers (binary extension when any output asked for it).
+
+    Plain Python lists in, no numpy: this runs on the event loop, where a numpy call that drops
+    the GIL lets the inference thread take it for a whole switch interval.
+    """
+    rows = len(labels)
     outputs, chunks = [], []
     for name in request.outputs:
-        value = values[name]
-        shape = [len(labels)] if name == "label" else list(value.shape)
-        entry: dict[str, Any] = {"name": name, "datatype": DTYPES[name], "shape": shape}
+        entry: dict[str, Any] = {"name": name, "datatype": DTYPES[name]}
+        flat: list[Any]
+        if name == "label":
+            entry["shape"], flat = [rows], labels
+        else:
+            matrix = logits if name == "logits" else probabilities
+            entry["shape"] = [rows, len(matrix[0]) if matrix else 0]
+            flat = [x for row in matrix for x in row]
         if name in request.binary_outputs:
-            raw = _encode_bytes(value) if name == "label" else value.tobytes()
+            raw = _encode_bytes(labels) if name == "label" else struct.pack(f"<{len(flat)}f", *flat)
             entry["parameters"] = {"binary_data_size": len(raw)}
             chunks.append(raw)
         else:
-            entry["data"] = list(value) if name == "label" else value.ravel().tolist()
+            entry["data"] = flat
         outputs.append(entry)
     body: dict[str, Any] = {"model_name": model, "model_version": version, "outputs": outputs}
     if request.id is not None:
@@ -126,7 +133,7 @@ def _decode_input(spec: Any, binary: bytes, offset: int) -> tuple[str, Any, int]
     expected = {"text": "BYTES", "input_ids": "INT64", "attention_mask": "INT64"}.get(name)
     if expected is not None and dtype != expected:
         raise ProtocolError(f"input '{name}' must have datatype {expected}, got {dtype!r}")
-    count = int(np.prod(shape)) if shape else 1
+    count = math.prod(shape)
     size = (spec.get("parameters") or {}).get("binary_data_size")
     if size is not None:
         raw = binary[offset:offset + int(size)]
