@@ -4,8 +4,9 @@
   what a first Flask/FastAPI endpoint does, speaking the same KServe v2 JSON so one load generator
   drives both;
 - kiln serve: a verified artifact with dynamic batching, --workers processes;
-- in-process: the same artifact called directly at the mean batch size kiln serve formed, with
-  all --threads (the serving overhead), against kiln serve under (a) the one-text requests above
+- in-process: the same artifact's Predictor.predict (texts in, labels out: the server's own work
+  without HTTP) at the mean batch size kiln serve formed, with all --threads (the serving
+  overhead), against kiln serve under (a) the one-text requests above
   and (b) requests of --request-texts texts each (as Triton's perf_analyzer -b measures overhead:
   the per-request HTTP cost is then shared by the batch).
 
@@ -120,14 +121,16 @@ def batches_formed(url: str) -> tuple[float, float]:
 
 def in_process_rate(run: Path, artifact: str, texts: list[str], batch: int, threads: int,
                     seconds: float) -> float:
+    """Texts/s of ``Predictor.predict`` on batches of ``batch`` texts: the server's own work
+    (tokenise, pad, run, softmax, label) without HTTP, queueing or batching."""
     predictor = load_predictor(run, artifact, threads=threads)
-    batches = [predictor.encode(texts[i:i + batch]) for i in range(0, len(texts) - batch, batch)]
-    predictor.logits(*batches[0])
+    batches = [texts[i:i + batch] for i in range(0, len(texts) - batch, batch)]
+    predictor.predict(batches[0])
     done, start = 0, time.perf_counter()
     while time.perf_counter() - start < seconds:
-        for ids, mask in batches:
-            predictor.logits(ids, mask)
-            done += len(ids)
+        for chunk in batches:
+            predictor.predict(chunk)
+            done += len(chunk)
     return done / (time.perf_counter() - start)
 
 
