@@ -283,3 +283,15 @@ def test_worker_processes_share_the_port_and_their_metrics_add_up(exported_run: 
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=60) == 0
     assert all(not Path(f"/proc/{pid}").exists() for pid in children)
+
+
+def test_a_worker_that_cannot_load_its_model_stops_the_server_with_the_reason(
+        exported_run: Path) -> None:
+    import os
+
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    done = subprocess.run([sys.executable, "-m", "kiln", "serve", str(exported_run), "--port",
+                           str(free_port()), "--workers", "2", "--artifact", "nope"], env=env,
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode != 0
+    assert "no artifact 'nope'" in done.stderr and "exited with code 3" in done.stderr

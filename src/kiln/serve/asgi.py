@@ -15,6 +15,8 @@ from collections.abc import Awaitable, Callable, MutableMapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from kiln.errors import KilnError
+
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[Message]]
@@ -154,6 +156,10 @@ async def _lifespan(
         if message["type"] == "lifespan.startup":
             try:
                 await startup()
+            except KilnError as exc:  # bad input (path, artifact): the message says what to fix
+                log.error("kiln serve failed to start: %s", exc)
+                await send({"type": "lifespan.startup.failed", "message": str(exc)})
+                return
             except Exception as exc:
                 log.exception("kiln serve failed to start")
                 await send({"type": "lifespan.startup.failed", "message": str(exc)})

@@ -66,9 +66,10 @@ def run_server(repository: Repository, settings: ServeSettings, host: str, port:
     try:
         for w in workers:
             w.start()
-        multiprocessing.connection.wait([w.sentinel for w in workers])  # the first one to end
+        ended = multiprocessing.connection.wait([w.sentinel for w in workers])  # the first
         if not stopping:
-            failed = next(w for w in workers if w.exitcode is not None)
+            failed = next(w for w in workers if w.sentinel in ended)
+            failed.join()
             stop(signal.SIGTERM, None)
             for w in workers:
                 w.join()
