@@ -138,9 +138,8 @@ def best_artifact(run: Path) -> str:
     report = run / "bench" / "report.json"
     if not report.exists():
         return str(json.loads((run / "export" / "kiln.json").read_text())["export"]["recommended"])
-    results = json.loads(report.read_text())["results"]
-    return max(results,
-               key=lambda n: results[n]["throughput_real"]["samples_per_s"])
+    bench = json.loads(report.read_text())
+    return str(bench.get("highest_throughput", bench["recommended"]))
 
 
 def median_report(reports: list[dict[str, Any]]) -> dict[str, float]:

@@ -22,6 +22,7 @@ def test_report_has_every_passed_artifact_against_the_eager_baseline(exported_ru
         assert r["info"]["backend"] in ("torch", "onnxruntime", "openvino")
     assert report["ratios"]["torch-fp32"]["p50_real_vs_eager_real"] == 1.0
     assert report["recommended"] in report["results"]
+    assert report["highest_throughput"] in report["results"]
     saved = json.loads((exported_run / "bench" / "report.json").read_text())
     assert saved["settings"]["threads"] == 1
     for png in ("latency.png", "throughput.png"):

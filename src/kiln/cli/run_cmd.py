@@ -4,6 +4,7 @@ benchmark, and name the artifact to serve."""
 from __future__ import annotations
 
 import argparse
+import os
 from pathlib import Path
 from typing import Any
 
@@ -52,6 +53,7 @@ def run(args: argparse.Namespace) -> int:
     print(f"\n[3/4] Triton model repository: {triton_dir.parent} (model '{triton_dir.name}')")
 
     recommended = exported.recommended
+    report: dict[str, Any] | None = None
     if not args.no_bench:
         report = bench_run(result.run_dir, BenchSettings())
         recommended = report["recommended"]
@@ -66,6 +68,9 @@ def run(args: argparse.Namespace) -> int:
     print(f"\nkiln run finished: {result.run_dir}")
     print(f"  accuracy     {ev.get('accuracy', float('nan')):.4f} (trained model, eval set)")
     print(f"  serve        kiln serve {result.run_dir}   ({recommended}; or Triton: {triton_dir.parent})")
+    if report is not None and report.get("highest_throughput", recommended) != recommended:
+        print(f"  under load   kiln serve {result.run_dir} --artifact {report['highest_throughput']} "
+              f"--workers {os.cpu_count() or 1}   (highest verified throughput at batch 32)")
     if failed:
         print(f"  not shipped  {', '.join(failed)} (failed parity; see export/parity.json)")
     return 0
