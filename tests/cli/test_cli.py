@@ -43,7 +43,7 @@ def test_run_then_eval_on_files(small_dataset: tuple[Path, Path], tmp_path: Path
     assert done.returncode == 0, done.stderr
     assert f"trained: {run / 'model'}" in done.stdout and "accuracy" in done.stdout
     for stage in ("[2/4] exported and verified", "[3/4] Triton model repository", "[4/4] benchmark",
-                  "serve        "):
+                  "serve        ", "under load   ", "--workers"):
         assert stage in done.stdout, stage
     for name in ("export/parity.json", "export/model.onnx", "triton/run/config.pbtxt",
                  "bench/report.json", "bench/report.md", "bench/latency.png"):
