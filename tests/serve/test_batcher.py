@@ -41,7 +41,6 @@ def test_failing_batch_fails_only_its_requests_and_full_queue_is_refused() -> No
 
     async def scenario() -> None:
         batcher = Batcher(run, max_batch_size=4, max_delay_ms=1, max_queue_size=6)
-        batcher.start()
         with pytest.raises(RuntimeError, match="bad batch"):
             await batcher.submit([[666]])
         ok = await asyncio.gather(*(batcher.submit([[1, 2, 3]]) for _ in range(4)))

@@ -85,9 +85,6 @@ class Batcher:
         self._due: asyncio.TimerHandle | None = None  # wakes the batcher when the oldest is due
         self._pool = ThreadPoolExecutor(max_workers=instances, thread_name_prefix="kiln-infer")
 
-    def start(self) -> None:
-        """Kept for symmetry with stop(); the batcher needs no task of its own."""
-
     async def stop(self) -> None:
         """Finish the running batches, fail what still waits, release the threads."""
         if self._due is not None:
