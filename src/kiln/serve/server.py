@@ -29,7 +29,9 @@ from kiln.serve.app import ServeSettings, build_app
 from kiln.serve.repository import Repository
 
 METRICS_ENV = "PROMETHEUS_MULTIPROC_DIR"  # prometheus_client's own switch to shared metric files
-UVICORN = dict(log_level="warning", lifespan="on", timeout_graceful_shutdown=30)
+# no proxy-headers middleware or access log on the request path: kiln logs no client addresses
+UVICORN = dict(log_level="warning", lifespan="on", timeout_graceful_shutdown=30,
+               proxy_headers=False, access_log=False)
 
 
 def run_server(repository: Repository, settings: ServeSettings, host: str, port: int) -> None:
