@@ -25,6 +25,9 @@ def add_parser(sub: Any) -> None:
                         help="fail an artifact whose argmax agrees less often (default 0.99)")
     parser.add_argument("--calibration-samples", type=int, default=256,
                         help="training texts for static int8 calibration (default 256)")
+    parser.add_argument("--max-fp32-fraction", type=float, default=0.25, metavar="FRACTION",
+                        help="an int8 artifact that fails parity is rebuilt with its most harmful "
+                        "layers in fp32, at most this share of them (default 0.25; 0: never)")
     parser.add_argument("--keep-failed", action="store_true",
                         help="exit 0 even if an artifact fails parity (it stays marked failed)")
     parser.set_defaults(handler=run)
@@ -34,6 +37,8 @@ def run(args: argparse.Namespace) -> int:
     report = export_run(
         args.run, artifacts=args.artifacts, calibration_samples=args.calibration_samples,
         tolerance=Tolerance(args.max_accuracy_drop, args.min_agreement),
+        max_fp32_fraction=args.max_fp32_fraction,
+        progress=lambda message: print(message, file=sys.stderr, flush=True),
     )
     print(format_parity_table(report.parity, report.reference_accuracy))
     print(f"\nartifacts and parity.json in {report.export_dir}; recommended: {report.recommended}")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import shutil
 import warnings
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -59,21 +59,41 @@ def ort_fusions(src: Path, dst: Path) -> dict[str, int]:
     return {k: v for k, v in counts.items() if v}
 
 
-def quantize_dynamic_int8(src: Path, dst: Path, per_channel: bool = True) -> None:
-    """int8 weights, activations quantised on the fly per batch (no calibration data needed)."""
+def quantizable_nodes(path: Path, op_types: Sequence[str]) -> list[str]:
+    """Names of the ``op_types`` nodes of ``path`` that carry a weight matrix (a float initializer
+    of rank 2 or more): the layers int8 quantisation changes."""
+    model = onnx.load(str(path), load_external_data=False)
+    weights = {init.name for init in model.graph.initializer
+               if init.data_type == onnx.TensorProto.FLOAT and len(init.dims) >= 2}
+    return [node.name for node in model.graph.node
+            if node.op_type in op_types and weights.intersection(node.input)]
+
+
+# what ORT's dynamic and kiln's static quantisation change (see their op_types_to_quantize)
+DYNAMIC_OPS = ("MatMul", "Gemm", "Attention", "Gather", "EmbedLayerNormalization")
+STATIC_OPS = ("MatMul", "Gemm")
+
+
+def quantize_dynamic_int8(src: Path, dst: Path, per_channel: bool = True,
+                          fp32_nodes: Sequence[str] = ()) -> None:
+    """int8 weights, activations quantised on the fly per batch (no calibration data needed);
+    ``fp32_nodes`` stay unquantised."""
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
     with _quiet():
         quantize_dynamic(
             str(src), str(dst), weight_type=QuantType.QInt8, per_channel=per_channel,
+            nodes_to_exclude=list(fp32_nodes),
             # graphs from the ORT optimizer carry contrib ops whose output types quantisation
             # cannot infer; FLOAT is what they produce here
             extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT},
         )
 
 
-def quantize_static_int8(src: Path, dst: Path, calibration: Iterable[dict[str, np.ndarray]]) -> None:
-    """QDQ int8 with activation ranges calibrated (MinMax) on ``calibration`` batches."""
+def quantize_static_int8(src: Path, dst: Path, calibration: Iterable[dict[str, np.ndarray]],
+                         fp32_nodes: Sequence[str] = ()) -> None:
+    """QDQ int8 with activation ranges calibrated (MinMax) on ``calibration`` batches;
+    ``fp32_nodes`` stay unquantised."""
     from onnxruntime.quantization import (
         CalibrationDataReader,
         CalibrationMethod,
@@ -96,7 +116,7 @@ def quantize_static_int8(src: Path, dst: Path, calibration: Iterable[dict[str, n
             calibrate_method=CalibrationMethod.MinMax,
             # Only the matrix products: quantising the additive attention mask (-inf / float min)
             # or softmax with MinMax ranges wrecks accuracy (seen: 21 points lost).
-            op_types_to_quantize=["MatMul", "Gemm"],
+            op_types_to_quantize=list(STATIC_OPS), nodes_to_exclude=list(fp32_nodes),
             extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT,
                            "CalibTensorRangeSymmetric": False},
             calibration_providers=["CPUExecutionProvider"],

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import numpy as np
@@ -34,6 +34,10 @@ class Parity:
     accuracy_drop: float  # percentage points below the trained model (negative: better)
     passed: bool
     failures: list[str]
+    # int8 layers put back in fp32 for the artifact to pass (kiln.export.fallback), out of
+    # ``quantizable_layers``
+    fp32_layers: list[str] = field(default_factory=list)
+    quantizable_layers: int = 0
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -75,6 +79,8 @@ def format_parity_table(rows: Sequence[Parity], reference_accuracy: float) -> st
     lines = [f"trained model accuracy {reference_accuracy:.4f}", head, "-" * len(head)]
     for r in rows:
         result = "ok" if r.passed else "FAILED: " + "; ".join(r.failures)
+        if r.fp32_layers:
+            result += f" ({len(r.fp32_layers)} of {r.quantizable_layers} layers kept in fp32)"
         lines.append(f"{r.artifact:22s} {r.max_abs_diff:10.2e} {r.argmax_agreement:7.4f} "
                      f"{r.accuracy:9.4f} {r.accuracy_drop:9.2f} {r.macro_f1:9.4f}  {result}")
     return "\n".join(lines)

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
 import functools
 import json
 import os
 import shutil
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -17,11 +18,15 @@ import numpy as np
 from kiln.config import load_config
 from kiln.data import EncodedDataset, PadCollator, prepare_data, sorted_batches
 from kiln.errors import RunDirError
+from kiln.export.fallback import Build, fall_back
 from kiln.export.fusable import fusable_copy
 from kiln.export.onnx_export import export_onnx, export_onnx_torchscript
 from kiln.export.onnx_optimize import (
+    DYNAMIC_OPS,
+    STATIC_OPS,
     convert_fp16,
     optimize_for_ort,
+    quantizable_nodes,
     quantize_dynamic_int8,
     quantize_static_int8,
 )
@@ -34,7 +39,13 @@ from kiln.export.parity import EvalBatch, Parity, Tolerance, measure_parity, run
 from kiln.export.tensorrt_export import build_engine, tensorrt_available
 from kiln.files import replace_dir, temp_dir
 from kiln.models import MANIFEST, file_digest, load_model_dir, ort_optimizer_options, read_manifest
-from kiln.runtime.backends import OpenVinoBackend, OrtBackend, TensorRtBackend, TorchBackend
+from kiln.runtime.backends import (
+    OpenVinoBackend,
+    OrtBackend,
+    TensorRtBackend,
+    TorchBackend,
+    linear_layers,
+)
 from kiln.runtime.predictor import Backend
 
 ARTIFACTS = ("torch-int8", "tf-savedmodel", "onnx-fp32", "onnx-opt", "onnx-int8-dynamic",
@@ -81,6 +92,8 @@ class TrainedModel:
     native: dict[str, Callable[[Path], Backend]]  # artifacts built from the model into a folder
     # the model's fusable twin as ONNX (see kiln.export.fusable); returns False when it has none
     write_fusable_onnx: Callable[[Path], bool] | None = None
+    # native int8 artifacts: their quantised layers, and a build that keeps some of them in fp32
+    mixed_precision: dict[str, tuple[list[str], Build]] = field(default_factory=dict)
 
 
 def load_trained_model(model_dir: Path) -> TrainedModel:
@@ -114,10 +127,14 @@ def load_trained_model(model_dir: Path) -> TrainedModel:
         weights_file="model.safetensors",
         write_onnx=lambda path: export_onnx(loaded.model, path, max_length),
         native={"torch-int8": lambda _: TorchBackend(copy.deepcopy(loaded.model), int8=True)},
-        write_fusable_onnx=write_fusable_onnx)
+        write_fusable_onnx=write_fusable_onnx,
+        mixed_precision={"torch-int8": (linear_layers(loaded.model), lambda fp32: TorchBackend(
+            copy.deepcopy(loaded.model), int8=True, fp32_layers=fp32))})
 
 
 PARITY_FILE = "parity.json"
+CALIBRATION_BATCH = 16  # texts per calibration batch
+RANKING_TEXTS = 64  # calibration texts that rank int8 layers for the fp32 fallback
 
 
 @dataclass(frozen=True)
@@ -136,10 +153,13 @@ class ExportReport:
 def export_run(
     run_dir: str | os.PathLike[str], *, tolerance: Tolerance = Tolerance(),
     artifacts: Sequence[str] | None = None, calibration_samples: int = 256,
+    max_fp32_fraction: float = 0.25, progress: Callable[[str], None] = lambda message: None,
 ) -> ExportReport:
     """Export, quantise and verify every artifact of a trained run into ``run_dir/export``.
 
-    The folder is built under a temporary name and renamed into place when complete.
+    An int8 artifact that fails parity is rebuilt with its most harmful layers in fp32, up to
+    ``max_fp32_fraction`` of them (0: never; see kiln.export.fallback). The folder is built under
+    a temporary name and renamed into place when complete. ``progress`` hears what takes long.
 
     Raises:
         RunDirError: the run has no trained model or config. ExportError: an export is broken.
@@ -172,6 +192,7 @@ def export_run(
     labels = np.concatenate([y for _, _, y in batches])
     reference = run_backend(trained.reference, batches)
     reference_accuracy = float((reference.argmax(-1) == labels).mean())
+    calibration = list(calibration_batches(data.train, pad, calibration_samples))
 
     work = temp_dir(run, ".tmp-export-")
     try:
@@ -199,15 +220,14 @@ def export_run(
         if "onnx-int8-dynamic" in artifacts:
             quantize_dynamic_int8(work / FILES["onnx-opt"], work / FILES["onnx-int8-dynamic"])
         if "onnx-int8-static" in artifacts:
-            quantize_static_int8(onnx_path, work / FILES["onnx-int8-static"],
-                                 calibration_batches(data.train, pad, calibration_samples))
+            quantize_static_int8(onnx_path, work / FILES["onnx-int8-static"], calibration)
         if "onnx-fp16" in artifacts:
             convert_fp16(onnx_path, work / FILES["onnx-fp16"])
         if any(a.startswith("openvino") for a in artifacts):
             convert_openvino(onnx_path, work / FILES["openvino-fp32"])
         if "openvino-int8" in artifacts:
             quantize_openvino_int8(work / FILES["openvino-fp32"], work / FILES["openvino-int8"],
-                                   calibration_batches(data.train, pad, calibration_samples))
+                                   calibration)
         if "tensorrt-fp16" in artifacts:
             build_engine(onnx_path, work / FILES["tensorrt-fp16"], max_length)
         file_artifacts = [a for a in ARTIFACTS
@@ -215,11 +235,31 @@ def export_run(
         for name in file_artifacts:
             builders[name] = _file_builder(name, work / FILES[name])
 
-        results = []
-        for name in artifacts:
-            logits = run_backend(builders[name](), batches)
-            results.append(measure_parity(name, FILES[name], logits, reference, labels,
-                                          len(manifest["labels"]), tolerance))
+        def check(name: str, backend: Backend) -> Parity:
+            return measure_parity(name, FILES[name], run_backend(backend, batches), reference,
+                                  labels, len(manifest["labels"]), tolerance)
+
+        results = [check(name, builders[name]()) for name in artifacts]
+        mixed = {**trained.mixed_precision, **_onnx_mixed_precision(work, calibration)}
+        # layers are ranked on the first calibration texts (training data), against the trained
+        # model; 64 texts order them about as well as 256 at a quarter of the cost
+        ranking = [(b["input_ids"], b["attention_mask"], np.zeros(len(b["input_ids"]), np.int64))
+                   for b in calibration[:max(1, RANKING_TEXTS // CALIBRATION_BATCH)]]
+        ranking_reference = functools.cache(lambda: run_backend(trained.reference, ranking))
+        for i, failed in enumerate(results):
+            if failed.passed or failed.artifact not in mixed or not ranking:
+                continue
+            layers, build = mixed[failed.artifact]
+            progress(f"{failed.artifact} failed parity ({'; '.join(failed.failures)}); looking "
+                     f"for int8 layers to keep in fp32, of {len(layers)}")
+            found = fall_back(layers, build, functools.partial(check, failed.artifact), ranking,
+                              ranking_reference(), max_fp32_fraction)
+            if found is not None:
+                _keep_fallback(work, failed.artifact)
+                results[i] = dataclasses.replace(found.parity, fp32_layers=found.fp32_layers,
+                                                 quantizable_layers=found.quantizable)
+        for side in work.glob(".fallback.*"):  # mixed-precision builds that did not pass
+            side.unlink()
         for name in file_artifacts:  # files built only as an intermediate step are not shipped
             if name not in artifacts:
                 (work / FILES[name]).unlink(missing_ok=True)
@@ -241,6 +281,37 @@ def export_run(
     return ExportReport(final, reference_accuracy, results, recommended, fused)
 
 
+def _onnx_mixed_precision(work: Path, calibration: list[dict[str, np.ndarray]],
+                          ) -> dict[str, tuple[list[str], Build]]:
+    """The int8 ONNX artifacts built in ``work``: their quantised layers, and a build (into a
+    side file, see _keep_fallback) that keeps some of them in fp32."""
+    sources = {"onnx-int8-dynamic": (work / FILES["onnx-opt"], DYNAMIC_OPS),
+               "onnx-int8-static": (work / FILES["onnx-fp32"], STATIC_OPS)}
+    mixed: dict[str, tuple[list[str], Build]] = {}
+    for name, (source, op_types) in sources.items():
+        if not (work / FILES[name]).exists():
+            continue
+        side = work / f".fallback.{FILES[name]}"
+
+        def build(fp32: Sequence[str], name: str = name, source: Path = source,
+                  side: Path = side) -> Backend:
+            if name == "onnx-int8-static":
+                quantize_static_int8(source, side, calibration, fp32_nodes=fp32)
+            else:
+                quantize_dynamic_int8(source, side, fp32_nodes=fp32)
+            return OrtBackend(side)
+
+        mixed[name] = (quantizable_nodes(source, op_types), build)
+    return mixed
+
+
+def _keep_fallback(work: Path, name: str) -> None:
+    """Put the passing mixed-precision build of ``name`` in place of the all-int8 one."""
+    side = work / f".fallback.{FILES[name]}"
+    if side.exists():
+        side.replace(work / FILES[name])
+
+
 def _file_builder(name: str, path: Path) -> Callable[[], Backend]:
     if backend_of(name) == "openvino":
         return lambda: OpenVinoBackend(path)
@@ -256,7 +327,7 @@ def eval_batches(dataset: EncodedDataset, pad_id: int, batch_size: int = 64) -> 
 
 
 def calibration_batches(dataset: EncodedDataset, pad_id: int, samples: int,
-                        batch_size: int = 16) -> Iterator[dict[str, np.ndarray]]:
+                        batch_size: int = CALIBRATION_BATCH) -> Iterator[dict[str, np.ndarray]]:
     """A seeded sample of training texts, in batches, for static quantisation ranges."""
     rng = np.random.default_rng(0)
     chosen = rng.choice(len(dataset), size=min(samples, len(dataset)), replace=False)
@@ -283,6 +354,7 @@ def _export_manifest(
             "accuracy": r.accuracy,
             "argmax_agreement": r.argmax_agreement,
             "max_abs_diff": r.max_abs_diff,
+            **({"fp32_layers": r.fp32_layers} if r.fp32_layers else {}),
         }
         for r in results
     }

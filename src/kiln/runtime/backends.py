@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import warnings
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -13,13 +14,15 @@ from torch import nn
 
 
 class TorchBackend:
-    """The trained nn.Module in eval mode, optionally with dynamic int8 Linear layers."""
+    """The trained nn.Module in eval mode, optionally with dynamic int8 Linear layers (but for
+    ``fp32_layers``, named as in ``named_modules``)."""
 
-    def __init__(self, model: nn.Module, *, int8: bool = False, threads: int | None = None) -> None:
+    def __init__(self, model: nn.Module, *, int8: bool = False, threads: int | None = None,
+                 fp32_layers: Sequence[str] = ()) -> None:
         if threads:
             torch.set_num_threads(threads)
         self.int8 = int8
-        self.model = quantize_dynamic_int8(model) if int8 else model.eval()
+        self.model = quantize_dynamic_int8(model, fp32_layers) if int8 else model.eval()
         self.name = "torch-int8" if int8 else "torch-fp32"
 
     @torch.inference_mode()
@@ -40,13 +43,27 @@ class TorchBackend:
                 "threads": torch.get_num_threads(), "torch": str(torch.__version__)}
 
 
-def quantize_dynamic_int8(model: nn.Module) -> nn.Module:
-    """Dynamic int8 quantisation of every nn.Linear (weights int8, activations quantised per batch)."""
+def linear_layers(model: nn.Module) -> list[str]:
+    """Names of the nn.Linear layers that dynamic int8 quantises (not MultiheadAttention's output
+    projection, a subclass the quantiser leaves alone)."""
+    return [name for name, module in model.named_modules() if type(module) is nn.Linear]
+
+
+def quantize_dynamic_int8(model: nn.Module, fp32_layers: Sequence[str] = ()) -> nn.Module:
+    """Dynamic int8 quantisation of every nn.Linear but ``fp32_layers`` (weights int8 per output
+    channel, activations quantised per batch)."""
+    keep = set(fp32_layers)
+    unknown = keep - set(linear_layers(model))
+    if unknown:
+        raise ValueError(f"fp32 layers {sorted(unknown)} are not Linear layers of the model")
+    # per-channel weight scales, as ONNX Runtime's: one large row no longer coarsens the others
+    qconfig = torch.ao.quantization.per_channel_dynamic_qconfig
+    spec: dict[Any, Any] = {name: qconfig for name in linear_layers(model) if name not in keep}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)  # torch.ao is deprecated upstream
         warnings.simplefilter("ignore", UserWarning)
         quantized: nn.Module = torch.ao.quantization.quantize_dynamic(
-            model.eval(), {nn.Linear}, dtype=torch.qint8)
+            model.eval(), spec, dtype=torch.qint8)
     return quantized
 
 

@@ -93,7 +93,8 @@ def make_backend(folder: Path, manifest: dict[str, Any], name: str, *, threads: 
         raise RunDirError(f"artifact '{name}' in {folder} failed its parity check; see parity.json")
     if name.startswith("torch"):
         model = load_model_dir(folder).model
-        return TorchBackend(model, int8=name == "torch-int8", threads=threads)
+        return TorchBackend(model, int8=name == "torch-int8", threads=threads,
+                            fp32_layers=entry.get("fp32_layers", ()))
     if name == "keras-fp32" or entry.get("backend") == "tensorflow":
         return _tensorflow_backend(folder, manifest, name, entry, threads)
     if entry.get("backend") == "tensorrt":
