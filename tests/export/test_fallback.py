@@ -10,11 +10,13 @@ import pytest
 import torch
 
 from kiln.export import Tolerance, export_run
+from kiln.export.openvino_export import openvino_available
 from kiln.models import MANIFEST, load_model_dir, read_manifest, save_model_dir
 from kiln.runtime import load_predictor
 
 OUTLIER = 2000.0
-ARTIFACTS = ["onnx-fp32", "onnx-opt", "onnx-int8-dynamic", "torch-int8"]
+OPENVINO = ["openvino-fp32", "openvino-int8"] if openvino_available() else []
+ARTIFACTS = ["onnx-fp32", "onnx-opt", "onnx-int8-dynamic", "torch-int8", *OPENVINO]
 # The test eval set is 80 texts, where one flip is 1.25 points; the outlier below costs far more.
 TOLERANCE = Tolerance(max_accuracy_drop=5.0, min_argmax_agreement=0.95)
 
@@ -44,7 +46,7 @@ def test_an_int8_artifact_that_fails_parity_passes_with_its_worst_layer_in_fp32(
     all_int8 = export_run(outlier_run, artifacts=ARTIFACTS, tolerance=TOLERANCE,
                           max_fp32_fraction=0)
     failed = {p.artifact: p for p in all_int8.failed}
-    assert set(failed) == {"onnx-int8-dynamic", "torch-int8"}, all_int8.parity
+    assert set(failed) == {"onnx-int8-dynamic", "torch-int8", *OPENVINO[1:]}, all_int8.parity
 
     report = export_run(outlier_run, artifacts=ARTIFACTS, tolerance=TOLERANCE)
     rows = {p.artifact: p for p in report.parity}
@@ -54,6 +56,8 @@ def test_an_int8_artifact_that_fails_parity_passes_with_its_worst_layer_in_fp32(
     onnx_row = rows["onnx-int8-dynamic"]
     assert len(onnx_row.fp32_layers) == 1 and onnx_row.quantizable_layers > 1, onnx_row
     assert onnx_row.argmax_agreement > failed["onnx-int8-dynamic"].argmax_agreement
+    if OPENVINO:  # its layers are ranked with ONNX Runtime's static int8 builds, named alike
+        assert 1 <= len(rows["openvino-int8"].fp32_layers) <= 2, rows["openvino-int8"]
 
     # what was measured is what ships: the manifest names the fp32 layers, and the predictor
     # built from it gives the logits the parity check saw

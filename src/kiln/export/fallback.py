@@ -27,6 +27,17 @@ Build = Callable[[Sequence[str]], Backend]
 
 
 @dataclass(frozen=True)
+class MixedPrecision:
+    """How to rebuild one int8 artifact with some of its layers in fp32."""
+
+    layers: list[str]  # the layers int8 quantisation changes, by name
+    build: Build
+    # rank the layers with this other artifact's builds, which share their names and are cheaper
+    # (OpenVINO's NNCF takes about 8 s a build where ONNX Runtime's static int8 takes 4)
+    ranked_by: str | None = None
+
+
+@dataclass(frozen=True)
 class Fallback:
     """An artifact that passed with ``fp32_layers`` unquantised, out of ``quantizable``."""
 
@@ -47,20 +58,18 @@ def rank_layers(layers: Sequence[str], build: Build, calibration: Sequence[EvalB
     return sorted(layers, key=lambda layer: -cost[layer])
 
 
-def fall_back(layers: Sequence[str], build: Build, check: Callable[[Backend], Parity],
-              calibration: Sequence[EvalBatch], reference: np.ndarray,
-              max_fp32_fraction: float) -> Fallback | None:
-    """Keep the most harmful layers in fp32, one more at a time, until ``check`` passes.
+def fall_back(order: Sequence[str], quantizable: int, build: Build,
+              check: Callable[[Backend], Parity], max_fp32_fraction: float) -> Fallback | None:
+    """Keep the first layers of ``order`` (most harmful first) in fp32, one more at a time,
+    until ``check`` passes.
 
-    At most ``max_fp32_fraction`` of ``layers`` (rounded up) go back to fp32. Returns None when
-    no candidate within that cap passes. The last ``build`` call is always the one returned.
+    At most ``max_fp32_fraction`` of the ``quantizable`` layers (rounded up) go back to fp32.
+    Returns None when no build within that cap passes; otherwise the last ``build`` call was the
+    passing one.
     """
-    cap = min(len(layers), int(np.ceil(max_fp32_fraction * len(layers))))
-    if cap == 0:
-        return None
-    order = rank_layers(layers, build, calibration, reference)
+    cap = min(len(order), int(np.ceil(max_fp32_fraction * quantizable)))
     for count in range(1, cap + 1):
         parity = check(build(order[:count]))
         if parity.passed:
-            return Fallback(list(order[:count]), len(layers), parity)
+            return Fallback(list(order[:count]), quantizable, parity)
     return None

@@ -12,7 +12,7 @@ import contextlib
 import io
 import logging
 import warnings
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -36,12 +36,22 @@ def convert_openvino(onnx_file: Path, xml: Path) -> Path:
     return xml
 
 
+def openvino_matmuls(xml: Path) -> dict[str, str]:
+    """The MatMul operations of an IR converted from ONNX, by the ONNX node they came from (a
+    Gemm becomes ``<node>/WithoutBiases``)."""
+    import openvino as ov
+
+    return {op.get_friendly_name().removesuffix("/WithoutBiases"): op.get_friendly_name()
+            for op in ov.Core().read_model(str(xml)).get_ops() if op.get_type_name() == "MatMul"}
+
+
 def quantize_openvino_int8(
     xml: Path, out_xml: Path, calibration: Iterable[dict[str, np.ndarray]],
-    smooth_quant: bool = False,
+    smooth_quant: bool = False, fp32_layers: Sequence[str] = (),
 ) -> Path:
     """NNCF post-training int8 quantisation with the transformer preset, calibrated on
-    ``calibration`` batches; SmoothQuant off unless asked for."""
+    ``calibration`` batches; SmoothQuant off unless asked for; ``fp32_layers`` (operation names)
+    stay unquantised."""
     import nncf
     import openvino as ov
     from nncf.quantization.advanced_parameters import (
@@ -62,6 +72,7 @@ def quantize_openvino_int8(
             quantized = nncf.quantize(
                 ov.Core().read_model(str(xml)), nncf.Dataset(items), subset_size=len(items),
                 model_type=nncf.ModelType.TRANSFORMER, advanced_parameters=advanced,
+                ignored_scope=nncf.IgnoredScope(names=list(fp32_layers)),
             )
     finally:
         nncf.set_log_level(level or logging.INFO)

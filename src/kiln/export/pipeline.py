@@ -18,7 +18,7 @@ import numpy as np
 from kiln.config import load_config
 from kiln.data import EncodedDataset, PadCollator, prepare_data, sorted_batches
 from kiln.errors import RunDirError
-from kiln.export.fallback import Build, fall_back
+from kiln.export.fallback import MixedPrecision, fall_back, rank_layers
 from kiln.export.fusable import fusable_copy
 from kiln.export.onnx_export import export_onnx, export_onnx_torchscript
 from kiln.export.onnx_optimize import (
@@ -33,6 +33,7 @@ from kiln.export.onnx_optimize import (
 from kiln.export.openvino_export import (
     convert_openvino,
     openvino_available,
+    openvino_matmuls,
     quantize_openvino_int8,
 )
 from kiln.export.parity import EvalBatch, Parity, Tolerance, measure_parity, run_backend
@@ -93,7 +94,7 @@ class TrainedModel:
     # the model's fusable twin as ONNX (see kiln.export.fusable); returns False when it has none
     write_fusable_onnx: Callable[[Path], bool] | None = None
     # native int8 artifacts: their quantised layers, and a build that keeps some of them in fp32
-    mixed_precision: dict[str, tuple[list[str], Build]] = field(default_factory=dict)
+    mixed_precision: dict[str, MixedPrecision] = field(default_factory=dict)
 
 
 def load_trained_model(model_dir: Path) -> TrainedModel:
@@ -128,8 +129,9 @@ def load_trained_model(model_dir: Path) -> TrainedModel:
         write_onnx=lambda path: export_onnx(loaded.model, path, max_length),
         native={"torch-int8": lambda _: TorchBackend(copy.deepcopy(loaded.model), int8=True)},
         write_fusable_onnx=write_fusable_onnx,
-        mixed_precision={"torch-int8": (linear_layers(loaded.model), lambda fp32: TorchBackend(
-            copy.deepcopy(loaded.model), int8=True, fp32_layers=fp32))})
+        mixed_precision={"torch-int8": MixedPrecision(
+            linear_layers(loaded.model),
+            lambda fp32: TorchBackend(copy.deepcopy(loaded.model), int8=True, fp32_layers=fp32))})
 
 
 PARITY_FILE = "parity.json"
@@ -240,7 +242,8 @@ def export_run(
                                   labels, len(manifest["labels"]), tolerance)
 
         results = [check(name, builders[name]()) for name in artifacts]
-        mixed = {**trained.mixed_precision, **_onnx_mixed_precision(work, calibration)}
+        mixed = {**trained.mixed_precision, **_file_mixed_precision(work, calibration)}
+        orders: dict[str, list[str]] = {}  # ranked layers, by the artifact that ranked them
         # layers are ranked on the first calibration texts (training data), against the trained
         # model; 64 texts order them about as well as 256 at a quarter of the cost
         ranking = [(b["input_ids"], b["attention_mask"], np.zeros(len(b["input_ids"]), np.int64))
@@ -249,11 +252,16 @@ def export_run(
         for i, failed in enumerate(results):
             if failed.passed or failed.artifact not in mixed or not ranking:
                 continue
-            layers, build = mixed[failed.artifact]
+            plan = mixed[failed.artifact]
             progress(f"{failed.artifact} failed parity ({'; '.join(failed.failures)}); looking "
-                     f"for int8 layers to keep in fp32, of {len(layers)}")
-            found = fall_back(layers, build, functools.partial(check, failed.artifact), ranking,
-                              ranking_reference(), max_fp32_fraction)
+                     f"for int8 layers to keep in fp32, of {len(plan.layers)}")
+            ranker = plan.ranked_by or failed.artifact
+            if ranker not in orders:
+                orders[ranker] = rank_layers(mixed[ranker].layers, mixed[ranker].build, ranking,
+                                             ranking_reference())
+            order = [layer for layer in orders[ranker] if layer in set(plan.layers)]
+            found = fall_back(order, len(plan.layers), plan.build,
+                              functools.partial(check, failed.artifact), max_fp32_fraction)
             if found is not None:
                 _keep_fallback(work, failed.artifact)
                 results[i] = dataclasses.replace(found.parity, fp32_layers=found.fp32_layers,
@@ -281,35 +289,58 @@ def export_run(
     return ExportReport(final, reference_accuracy, results, recommended, fused)
 
 
-def _onnx_mixed_precision(work: Path, calibration: list[dict[str, np.ndarray]],
-                          ) -> dict[str, tuple[list[str], Build]]:
-    """The int8 ONNX artifacts built in ``work``: their quantised layers, and a build (into a
-    side file, see _keep_fallback) that keeps some of them in fp32."""
-    sources = {"onnx-int8-dynamic": (work / FILES["onnx-opt"], DYNAMIC_OPS),
-               "onnx-int8-static": (work / FILES["onnx-fp32"], STATIC_OPS)}
-    mixed: dict[str, tuple[list[str], Build]] = {}
-    for name, (source, op_types) in sources.items():
-        if not (work / FILES[name]).exists():
-            continue
-        side = work / f".fallback.{FILES[name]}"
-
-        def build(fp32: Sequence[str], name: str = name, source: Path = source,
-                  side: Path = side) -> Backend:
-            if name == "onnx-int8-static":
-                quantize_static_int8(source, side, calibration, fp32_nodes=fp32)
-            else:
-                quantize_dynamic_int8(source, side, fp32_nodes=fp32)
+def _file_mixed_precision(work: Path, calibration: list[dict[str, np.ndarray]],
+                          ) -> dict[str, MixedPrecision]:
+    """The int8 artifacts built from model.onnx in ``work``: their quantised layers, and a build
+    (into a side file, see _keep_fallback) that keeps some of them in fp32. Layers are named as
+    the ONNX graph's nodes, which OpenVINO keeps as its operations' names."""
+    mixed: dict[str, MixedPrecision] = {}
+    onnx_path, optimized = work / FILES["onnx-fp32"], work / FILES["onnx-opt"]
+    if optimized.exists():
+        def build_dynamic(fp32: Sequence[str]) -> Backend:
+            side = _side_file(work, "onnx-int8-dynamic")
+            quantize_dynamic_int8(optimized, side, fp32_nodes=fp32)
             return OrtBackend(side)
 
-        mixed[name] = (quantizable_nodes(source, op_types), build)
+        mixed["onnx-int8-dynamic"] = MixedPrecision(quantizable_nodes(optimized, DYNAMIC_OPS),
+                                                    build_dynamic)
+    if onnx_path.exists():
+        def build_static(fp32: Sequence[str]) -> Backend:
+            side = _side_file(work, "onnx-int8-static")
+            quantize_static_int8(onnx_path, side, calibration, fp32_nodes=fp32)
+            return OrtBackend(side)
+
+        static_layers = quantizable_nodes(onnx_path, STATIC_OPS)
+        mixed["onnx-int8-static"] = MixedPrecision(static_layers, build_static)
+        fp32_ir = work / FILES["openvino-fp32"]
+        if fp32_ir.exists():
+            names = openvino_matmuls(fp32_ir)
+
+            def build_openvino(fp32: Sequence[str]) -> Backend:
+                side = _side_file(work, "openvino-int8")
+                quantize_openvino_int8(fp32_ir, side, calibration,
+                                       fp32_layers=[names[layer] for layer in fp32])
+                return OpenVinoBackend(side)
+
+            # NNCF quantises the same weight MatMuls as ORT's static int8 (per-channel weights,
+            # calibrated per-tensor activations), and ranking with ORT's builds is cheaper
+            mixed["openvino-int8"] = MixedPrecision(
+                [layer for layer in static_layers if layer in names], build_openvino,
+                ranked_by="onnx-int8-static")
     return mixed
+
+
+def _side_file(work: Path, name: str) -> Path:
+    return work / f".fallback.{FILES[name]}"
 
 
 def _keep_fallback(work: Path, name: str) -> None:
     """Put the passing mixed-precision build of ``name`` in place of the all-int8 one."""
-    side = work / f".fallback.{FILES[name]}"
+    side = _side_file(work, name)
     if side.exists():
         side.replace(work / FILES[name])
+        if side.suffix == ".xml":  # OpenVINO IR: the weights beside it
+            side.with_suffix(".bin").replace((work / FILES[name]).with_suffix(".bin"))
 
 
 def _file_builder(name: str, path: Path) -> Callable[[], Backend]:
