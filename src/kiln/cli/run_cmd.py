@@ -45,7 +45,7 @@ def run(args: argparse.Namespace) -> int:
               f"loss {ev['loss']:.4f}  on {ev['num_examples']} examples")
         print(format_confusion(ev["confusion"], result.label_names))
 
-    exported = export_run(result.run_dir)
+    exported = export_run(result.run_dir, progress=lambda message: print(message, flush=True))
     print(f"\n[2/4] exported and verified: {exported.export_dir}")
     print(format_parity_table(exported.parity, exported.reference_accuracy))
 
