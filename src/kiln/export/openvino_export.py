@@ -17,6 +17,8 @@ from pathlib import Path
 
 import numpy as np
 
+from kiln.runtime.backends import openvino_core
+
 
 def openvino_available() -> bool:
     try:
@@ -39,10 +41,9 @@ def convert_openvino(onnx_file: Path, xml: Path) -> Path:
 def openvino_matmuls(xml: Path) -> dict[str, str]:
     """The MatMul operations of an IR converted from ONNX, by the ONNX node they came from (a
     Gemm becomes ``<node>/WithoutBiases``)."""
-    import openvino as ov
 
     return {op.get_friendly_name().removesuffix("/WithoutBiases"): op.get_friendly_name()
-            for op in ov.Core().read_model(str(xml)).get_ops() if op.get_type_name() == "MatMul"}
+            for op in openvino_core().read_model(str(xml)).get_ops() if op.get_type_name() == "MatMul"}
 
 
 def quantize_openvino_int8(
@@ -70,7 +71,7 @@ def quantize_openvino_int8(
                 contextlib.redirect_stderr(io.StringIO()):
             warnings.simplefilter("ignore")
             quantized = nncf.quantize(
-                ov.Core().read_model(str(xml)), nncf.Dataset(items), subset_size=len(items),
+                openvino_core().read_model(str(xml)), nncf.Dataset(items), subset_size=len(items),
                 model_type=nncf.ModelType.TRANSFORMER, advanced_parameters=advanced,
                 ignored_scope=nncf.IgnoredScope(names=list(fp32_layers)),
             )
