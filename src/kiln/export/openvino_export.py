@@ -41,7 +41,6 @@ def convert_openvino(onnx_file: Path, xml: Path) -> Path:
 def openvino_matmuls(xml: Path) -> dict[str, str]:
     """The MatMul operations of an IR converted from ONNX, by the ONNX node they came from (a
     Gemm becomes ``<node>/WithoutBiases``)."""
-
     return {op.get_friendly_name().removesuffix("/WithoutBiases"): op.get_friendly_name()
             for op in openvino_core().read_model(str(xml)).get_ops() if op.get_type_name() == "MatMul"}
 
