@@ -126,7 +126,10 @@ def test_impossible_tolerance_fails_the_command_naming_artifact_and_metric(
 def test_openvino_artifacts_predict_like_the_trained_model(exported_run: Path) -> None:
     texts = ["my parcel has not arrived yet", "the app keeps crashing after the update"]
     reference = load_predictor(exported_run, "torch-fp32").predict(texts)
-    fp32 = load_predictor(exported_run, "openvino-fp32", threads=1).predict(texts)
+    fp32_predictor = load_predictor(exported_run, "openvino-fp32", threads=1)
+    # what the compiled model reports, not bf16 where the CPU has it (OpenVINO's default there)
+    assert fp32_predictor.backend.info()["inference_precision"] == "f32"
+    fp32 = fp32_predictor.predict(texts)
     int8 = load_predictor(exported_run, "openvino-int8", threads=1, allow_failed=True).predict(texts)
     np.testing.assert_allclose(fp32.logits, reference.logits, atol=1e-4)
     np.testing.assert_allclose(int8.logits, reference.logits, atol=0.5)

@@ -146,8 +146,9 @@ class OpenVinoBackend:
     def info(self) -> dict[str, Any]:
         import openvino as ov
 
+        precision = self.compiled.get_property("INFERENCE_PRECISION_HINT").get_type_name()
         return {"backend": "openvino", "file": self.path.name, "threads": self.threads or "default",
-                "precision_hint": "f32", "openvino": ov.__version__}
+                "inference_precision": precision, "openvino": ov.__version__}
 
 
 class TensorRtBackend:
