@@ -2,9 +2,11 @@
 
 import concurrent.futures
 import json
+import re
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.error
 import urllib.request
@@ -14,35 +16,70 @@ from pathlib import Path
 import numpy as np
 import pytest
 import tritonclient.http as httpclient
+from prometheus_client.metrics_core import Metric
 from prometheus_client.parser import text_string_to_metric_families
 
 TEXTS = ["my parcel has not arrived yet", "i need to change my password"]
+ADDRESS = re.compile(r"kiln serve: http://(\S+)")  # printed once the port is bound
 
 
 def free_port() -> int:
+    """A port free a moment ago, for services that cannot take port 0 (TensorFlow's TF_CONFIG in
+    tests/keras). kiln serve itself is started with --port 0 and says which port it bound."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
 
 
-def start_server(run: Path, env: dict[str, str], *args: str) -> tuple[subprocess.Popen[bytes], str]:
-    port = free_port()
-    log = run.parent / f"serve-{port}.log"
-    with open(log, "wb") as out:  # the child keeps its own handle
-        proc = subprocess.Popen([sys.executable, "-m", "kiln", "serve", str(run), "--port",
-                                 str(port), "--name", "clf", *args], env=env,
-                                stdout=subprocess.DEVNULL, stderr=out)
-    url = f"127.0.0.1:{port}"
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
+def start_server(run: Path, env: dict[str, str], *args: str,
+                 name: str | None = "clf") -> tuple[subprocess.Popen[bytes], str]:
+    """`kiln serve run --port 0 ...`, once ready: (the process, its host:port)."""
+    fd, log_name = tempfile.mkstemp(prefix="serve-", suffix=".log", dir=run.parent)
+    log = Path(log_name)
+    with open(fd, "wb") as out:  # the child keeps its own handle
+        proc = subprocess.Popen([sys.executable, "-m", "kiln", "serve", str(run), "--port", "0",
+                                 *(["--name", name] if name else []), *args], env=env,
+                                stdout=out, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 60
+        url = wait_for_address(proc, log, deadline)
+        wait_until_ready(proc, url, log, deadline)
+    except BaseException:
+        proc.kill()
+        proc.wait()
+        raise
+    return proc, url
+
+
+def wait_for_address(proc: subprocess.Popen[bytes], log: Path, deadline: float) -> str:
+    while time.monotonic() < deadline and proc.poll() is None:
+        found = ADDRESS.search(log.read_text())
+        if found:
+            return found.group(1)
+        time.sleep(0.05)
+    raise AssertionError(f"server did not bind a port: {log.read_text()}")
+
+
+def wait_until_ready(proc: subprocess.Popen[bytes], url: str, log: Path, deadline: float) -> None:
+    while time.monotonic() < deadline and proc.poll() is None:
         try:
             with urllib.request.urlopen(f"http://{url}/v2/health/ready", timeout=1) as r:
                 if r.status == 200:
-                    return proc, url
-        except OSError:
-            time.sleep(0.2)
-    proc.kill()
+                    return
+        except OSError:  # still loading the models: not listening yet
+            time.sleep(0.1)
     raise AssertionError(f"server did not become ready: {log.read_text()}")
+
+
+def scrape(url: str) -> dict[str, Metric]:
+    with urllib.request.urlopen(f"http://{url}/metrics") as r:
+        return {f.name: f for f in text_string_to_metric_families(r.read().decode())}
+
+
+def sample(url: str, family: str, sample_name: str, **labels: str) -> float:
+    """The sum of the samples of ``family`` named ``sample_name`` with ``labels``."""
+    return sum(s.value for s in scrape(url)[family].samples
+               if s.name == sample_name and labels.items() <= s.labels.items())
 
 
 @pytest.fixture(scope="module")
@@ -124,10 +161,7 @@ def test_unknown_model_is_404_and_server_stays_healthy(server: str) -> None:
 
 def test_metrics_parse_and_count_the_requests(server: str) -> None:
     def count(outcome: str) -> float:
-        with urllib.request.urlopen(f"http://{server}/metrics") as r:
-            families = {f.name: f for f in text_string_to_metric_families(r.read().decode())}
-        return sum(s.value for s in families["kiln_requests"].samples
-                   if s.name == "kiln_requests_total" and s.labels["outcome"] == outcome)
+        return sample(server, "kiln_requests", "kiln_requests_total", outcome=outcome)
 
     ok, bad = count("success"), count("bad_request")
     body = json.dumps({"inputs": [{"name": "text", "shape": [1], "datatype": "BYTES",
@@ -213,7 +247,10 @@ def test_sigterm_drains_in_flight_requests_then_exits(exported_run: Path) -> Non
                                    "data": ["where is my parcel"]}]}).encode()
     with concurrent.futures.ThreadPoolExecutor(1) as pool:
         pending = pool.submit(post, url, "/v2/models/clf/infer", body)
-        time.sleep(0.5)
+        deadline = time.monotonic() + 30
+        while sample(url, "kiln_inflight_requests", "kiln_inflight_requests", model="clf") < 1:
+            assert time.monotonic() < deadline and not pending.done(), "request never in flight"
+            time.sleep(0.01)
         proc.send_signal(signal.SIGTERM)
         code, answer = pending.result(timeout=30)
     assert code == 200 and answer["outputs"]  # answered, not dropped
@@ -231,20 +268,9 @@ def test_a_repository_serves_several_models_and_versions(exported_run: Path, tmp
     (repo / "b" / "2").symlink_to(exported_run / "model")
     (repo / "notes").mkdir()  # not a model: ignored
     env = dict(os.environ, OMP_NUM_THREADS="1")
-    port = free_port()
-    with open(tmp_path / "serve.log", "wb") as out:
-        proc = subprocess.Popen([sys.executable, "-m", "kiln", "serve", str(repo), "--port",
-                                 str(port), "--threads", "1"], env=env, stdout=out, stderr=out)
-    url = f"127.0.0.1:{port}"
+    proc, url = start_server(repo, env, "--threads", "1", name=None)
     try:
         client = httpclient.InferenceServerClient(url=url)
-        for _ in range(300):
-            try:
-                if client.is_server_ready():
-                    break
-            except Exception:  # not listening yet
-                pass
-            time.sleep(0.2)
         assert client.is_model_ready("a") and client.is_model_ready("b", "1")
         assert client.get_model_metadata("b")["versions"] == ["1", "2"]
         text = httpclient.InferInput("text", [1], "BYTES")
@@ -274,10 +300,7 @@ def test_worker_processes_share_the_port_and_their_metrics_add_up(exported_run: 
         assert len(children) == 2, children
         report = run_load(url, TEXTS, LoadSettings(model="clf", concurrency=8, duration_s=1.0))
         assert report["ok"] > 0 and report["errors"] == {}
-        with urllib.request.urlopen(f"http://{url}/metrics") as r:
-            families = {f.name: f for f in text_string_to_metric_families(r.read().decode())}
-        served = sum(s.value for s in families["kiln_requests"].samples
-                     if s.name == "kiln_requests_total" and s.labels["outcome"] == "success")
+        served = sample(url, "kiln_requests", "kiln_requests_total", outcome="success")
         assert served == report["ok"]  # both workers' counts, summed
     finally:
         proc.send_signal(signal.SIGTERM)
@@ -290,8 +313,23 @@ def test_a_worker_that_cannot_load_its_model_stops_the_server_with_the_reason(
     import os
 
     env = dict(os.environ, OMP_NUM_THREADS="1")
-    done = subprocess.run([sys.executable, "-m", "kiln", "serve", str(exported_run), "--port",
-                           str(free_port()), "--workers", "2", "--artifact", "nope"], env=env,
+    done = subprocess.run([sys.executable, "-m", "kiln", "serve", str(exported_run), "--port", "0",
+                           "--workers", "2", "--artifact", "nope"], env=env,
                           capture_output=True, text=True, timeout=120)
     assert done.returncode != 0
     assert "no artifact 'nope'" in done.stderr and "exited with code 3" in done.stderr
+
+
+@pytest.mark.parametrize("workers", ["1", "2"])
+def test_a_taken_port_is_refused_before_loading_anything(exported_run: Path, workers: str) -> None:
+    import os
+
+    with socket.socket() as taken:  # held, listening, for the whole test: no race
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = str(taken.getsockname()[1])
+        done = subprocess.run([sys.executable, "-m", "kiln", "serve", str(exported_run), "--port",
+                               port, "--workers", workers], capture_output=True, text=True,
+                              env=dict(os.environ, OMP_NUM_THREADS="1"), timeout=120)
+    assert done.returncode == 2
+    assert f"cannot listen on 127.0.0.1:{port}" in done.stderr and "Traceback" not in done.stderr

@@ -19,7 +19,8 @@ def add_parser(sub: Any) -> None:
     parser.add_argument("path", metavar="PATH", help="run directory, export/ or model/ folder, or "
                         "a repository folder of several (<repo>/<model>[/<version>]/)")
     parser.add_argument("--host", default="127.0.0.1", help="bind address (default 127.0.0.1)")
-    parser.add_argument("--port", type=int, default=8000, help="port (default 8000)")
+    parser.add_argument("--port", type=int, default=8000,
+                        help="port (default 8000; 0: a free port, printed once bound)")
     parser.add_argument("--name", help="model name when PATH is one model (default: its run "
                         "folder's name)")
     parser.add_argument("--artifact", help="artifact to serve (default: the recommended one)")
@@ -62,6 +63,9 @@ def run(args: argparse.Namespace) -> int:
         max_request_bytes=args.max_request_bytes, api_key=args.api_key, threads=args.threads,
         artifact=args.artifact, spin_wait=args.spin_wait, workers=args.workers)
     served = ", ".join(f"{m} (versions {', '.join(sorted(v, key=int))})" for m, v in repository.items())
-    print(f"kiln serve: http://{args.host}:{args.port}  models: {served}", flush=True)
-    run_server(repository, settings, args.host, args.port)
+
+    def announce(port: int) -> None:  # once bound: with --port 0, this is where the port is told
+        print(f"kiln serve: http://{args.host}:{port}  models: {served}", flush=True)
+
+    run_server(repository, settings, args.host, args.port, on_bound=announce)
     return 0

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from kiln.errors import KilnError
+from kiln.serve.errors import ServeError
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -26,12 +27,7 @@ ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 log = logging.getLogger("kiln.serve")
 
 
-class HttpError(Exception):
-    """A request the server cannot accept; ``status`` is the HTTP status to answer with."""
-
-    def __init__(self, message: str, status: int = 400) -> None:
-        super().__init__(message)
-        self.status = status
+HttpError = ServeError  # a request the server cannot accept: answered with its status and headers
 
 
 class ClientGone(Exception):
@@ -50,7 +46,7 @@ class HttpRequest:
         """The whole body, refused with 413 once it passes ``limit`` bytes."""
         declared = self.headers.get("content-length")
         if declared is not None and declared.isdigit() and int(declared) > limit:
-            raise HttpError(f"request of {declared} bytes exceeds the limit of {limit}", 413)
+            raise ServeError(f"request of {declared} bytes exceeds the limit of {limit}", 413)
         chunks, size = [], 0
         while True:
             message = await self.receive()
@@ -59,7 +55,7 @@ class HttpRequest:
             chunk = message.get("body", b"")
             size += len(chunk)
             if size > limit:
-                raise HttpError(f"request of more than {limit} bytes exceeds the limit", 413)
+                raise ServeError(f"request of more than {limit} bytes exceeds the limit", 413)
             chunks.append(chunk)
             if not message.get("more_body", False):
                 return b"".join(chunks)
@@ -110,34 +106,42 @@ def asgi_app(
             return
         if scope["type"] != "http":
             return
-        method, path = scope["method"], scope["path"]
-        reply = None
-        for route in routes:
-            match = route.regex.match(path)
-            if match is None:
-                continue
-            if method not in route.methods:
-                reply = error_reply(f"{method} is not allowed on {path}; use "
-                                    f"{' or '.join(route.methods)}", 405,
-                                    {"allow": ", ".join(route.methods)})
-                break
-            headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]}
-            request = HttpRequest(method, path, match.groupdict(), headers, receive)
-            try:
-                reply = await route.handler(request)
-            except HttpError as exc:
-                reply = error_reply(str(exc), exc.status)
-            except ClientGone:
-                return
-            except Exception as exc:  # one broken request must not take the server down
-                log.exception("unhandled error on %s %s", method, path)
-                reply = error_reply(f"internal error: {type(exc).__name__}: {exc}", 500)
-            break
-        if reply is None:
-            reply = error_reply(f"no route {method} {path}", 404)
-        await send_reply(send, reply, head_only=method == "HEAD")
+        try:
+            reply = await _dispatch(routes, scope, receive)
+        except ClientGone:
+            return
+        await send_reply(send, reply, head_only=scope["method"] == "HEAD")
 
     return app
+
+
+async def _dispatch(routes: list[Route], scope: Scope, receive: Receive) -> Reply:
+    """The reply of the first route matching the request's path; errors become error replies.
+
+    Raises:
+        ClientGone: the client left before its body arrived (nobody to answer).
+    """
+    method, path = scope["method"], scope["path"]
+    for route in routes:
+        match = route.regex.match(path)
+        if match is None:
+            continue
+        if method not in route.methods:
+            return error_reply(f"{method} is not allowed on {path}; use "
+                               f"{' or '.join(route.methods)}", 405,
+                               {"allow": ", ".join(route.methods)})
+        headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]}
+        request = HttpRequest(method, path, match.groupdict(), headers, receive)
+        try:
+            return await route.handler(request)
+        except ServeError as exc:
+            return error_reply(str(exc), exc.status, exc.headers)
+        except ClientGone:
+            raise
+        except Exception as exc:  # one broken request must not take the server down
+            log.exception("unhandled error on %s %s", method, path)
+            return error_reply(f"internal error: {type(exc).__name__}: {exc}", 500)
+    return error_reply(f"no route {method} {path}", 404)
 
 
 async def send_reply(send: Send, reply: Reply, head_only: bool = False) -> None:

@@ -10,13 +10,13 @@ from typing import Any
 
 import numpy as np
 
-from kiln.serve.asgi import HttpError
+from kiln.serve.errors import ServeError
 
 OUTPUTS = ("logits", "probabilities", "label")
 DTYPES = {"logits": "FP32", "probabilities": "FP32", "label": "BYTES"}
 
 
-class ProtocolError(HttpError):
+class ProtocolError(ServeError):
     """A request body the Open Inference Protocol does not allow (400 unless said otherwise)."""
 
 
@@ -56,14 +56,7 @@ def parse_infer_request(body: bytes, header_length: str | None, max_length: int)
     if "text" in tensors:
         texts = list(tensors["text"])
     elif "input_ids" in tensors and "attention_mask" in tensors:
-        ids, mask = np.asarray(tensors["input_ids"]), np.asarray(tensors["attention_mask"])
-        if ids.ndim != 2 or ids.shape != mask.shape:
-            raise ProtocolError(f"input_ids {list(ids.shape)} and attention_mask "
-                                f"{list(mask.shape)} must both be [batch, sequence]")
-        if ids.shape[1] > max_length:
-            raise ProtocolError(f"input_ids has {ids.shape[1]} tokens; the model takes at most "
-                                f"{max_length}", status=400)
-        rows = [ids[i][mask[i] != 0].tolist() or [0] for i in range(ids.shape[0])]
+        rows = _token_rows(tensors["input_ids"], tensors["attention_mask"], max_length)
     else:
         raise ProtocolError("give 'text' or both 'input_ids' and 'attention_mask'")
     outputs, binary_outputs = _requested_outputs(req.get("outputs"))
@@ -73,6 +66,18 @@ def parse_infer_request(body: bytes, header_length: str | None, max_length: int)
         raise ProtocolError("parameters.timeout must be a positive number of seconds")
     return InferRequest(id=req.get("id"), texts=texts, input_ids=rows, outputs=outputs,
                         binary_outputs=binary_outputs, timeout_s=timeout)
+
+
+def _token_rows(input_ids: Any, attention_mask: Any, max_length: int) -> list[list[int]]:
+    """The unpadded rows of token ids (the ids where the mask is not 0; [0] for an empty row)."""
+    ids, mask = np.asarray(input_ids), np.asarray(attention_mask)
+    if ids.ndim != 2 or ids.shape != mask.shape:
+        raise ProtocolError(f"input_ids {list(ids.shape)} and attention_mask "
+                            f"{list(mask.shape)} must both be [batch, sequence]")
+    if ids.shape[1] > max_length:
+        raise ProtocolError(f"input_ids has {ids.shape[1]} tokens; the model takes at most "
+                            f"{max_length}", status=400)
+    return [ids[i][mask[i] != 0].tolist() or [0] for i in range(ids.shape[0])]
 
 
 def build_infer_response(

@@ -1,0 +1,296 @@
+"""The inference core of `kiln serve`, free of any transport.
+
+`InferenceCore` loads the model repository, batches requests, keeps the Prometheus metrics and
+answers the Open Inference Protocol's questions (live? ready? which models? what do they take?).
+Transports (the REST adapter in ``app.py``, a gRPC endpoint later) parse their own wire format into
+an `InferRequest`, call the core, and turn its `InferResult` or `ServeError` into their answer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import time
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.multiprocess import MultiProcessCollector
+
+import kiln
+from kiln.runtime import Predictor, load_predictor, pad_batch, softmax
+from kiln.serve.batcher import Batcher, QueueFull
+from kiln.serve.errors import NotFound, Overloaded, ServeError, TimedOut, Unauthorized, Unavailable
+from kiln.serve.metrics import ModelMetrics, make_metrics, model_metrics
+from kiln.serve.protocol import InferRequest
+from kiln.serve.repository import Repository, latest_version
+from kiln.serve.settings import ServeSettings
+
+RowScores = tuple[list[float], list[float], int]  # logits, probabilities, index of the label
+
+
+@dataclass(frozen=True)
+class LoadedModel:
+    """One loaded model version, its batcher and its metric series."""
+
+    name: str
+    version: str
+    predictor: Predictor
+    batcher: Batcher
+    metrics: ModelMetrics
+
+    @property
+    def max_length(self) -> int:
+        """The most tokens a row may have (for parsing token-id inputs)."""
+        return self.predictor.max_length
+
+
+@dataclass(frozen=True)
+class InferResult:
+    """One request's answer, one entry per row, as plain lists (no numpy on the event loop)."""
+
+    model: str
+    version: str
+    logits: list[list[float]]
+    probabilities: list[list[float]]
+    labels: list[str]
+
+
+def infer_rows(predictor: Predictor, rows: list[str | list[int]]) -> list[RowScores]:
+    """Logits, probabilities and label index of each row (a text, or token ids).
+
+    Runs in the batcher's thread: the batch's texts are tokenised in one call (which releases the
+    GIL), the softmax is paid once per batch, and the results leave as plain lists, so the event
+    loop never calls numpy (a numpy call there drops the GIL, and this thread may then hold it
+    for a whole switch interval).
+    """
+    texts = [r for r in rows if isinstance(r, str)]
+    encoded = iter(predictor.tokenizer.encode_batch(texts) if texts else [])
+    ids = [next(encoded).ids[: predictor.max_length] if isinstance(r, str) else r for r in rows]
+    logits = predictor.logits(*pad_batch(ids, predictor.pad_id))
+    probabilities = softmax(logits)
+    return list(zip(logits.tolist(), probabilities.tolist(), probabilities.argmax(-1).tolist()))
+
+
+def row_length(row: str | list[int]) -> int:
+    """A row's length in tokens, estimated for a text from its characters (about 4 per token for
+    English subword vocabularies): enough to group similar lengths without tokenising on the
+    event loop."""
+    return len(row) // 4 + 2 if isinstance(row, str) else len(row)
+
+
+def outcome_of(error: BaseException | None) -> str:
+    """The ``outcome`` label of kiln_requests_total for a request that ended with ``error``."""
+    if error is None:
+        return "success"
+    if isinstance(error, Overloaded):
+        return "rejected"
+    if isinstance(error, TimedOut):
+        return "timeout"
+    if isinstance(error, ServeError):
+        return "bad_request" if error.status < 500 else "unavailable"
+    return "error"
+
+
+def metadata(model: LoadedModel, versions: list[str]) -> dict[str, Any]:
+    """The protocol's model metadata: what the model takes and gives."""
+    predictor = model.predictor
+    n = len(predictor.label_names)
+    return {
+        "name": model.name, "versions": versions, "platform": f"kiln_{predictor.backend.name}",
+        "inputs": [{"name": "text", "datatype": "BYTES", "shape": [-1]},
+                   {"name": "input_ids", "datatype": "INT64", "shape": [-1, -1]},
+                   {"name": "attention_mask", "datatype": "INT64", "shape": [-1, -1]}],
+        "outputs": [{"name": "logits", "datatype": "FP32", "shape": [-1, n]},
+                    {"name": "probabilities", "datatype": "FP32", "shape": [-1, n]},
+                    {"name": "label", "datatype": "BYTES", "shape": [-1]}],
+        "parameters": {"labels": predictor.label_names, "max_length": predictor.max_length},
+    }
+
+
+class InferenceCore:
+    """Every model version of ``repository`` (see discover_models), served with batching and
+    metrics; not ready until `start` has loaded them all.
+
+    The methods raise `ServeError` subclasses (with the status to answer) for requests they cannot
+    answer: `Unauthorized`, `NotFound`, `Unavailable`, `Overloaded`, `TimedOut`.
+    """
+
+    def __init__(self, repository: Repository, settings: ServeSettings = ServeSettings()) -> None:
+        self.repository = repository
+        self.settings = settings
+        self.metrics = make_metrics()
+        self.models: dict[tuple[str, str], LoadedModel] = {}
+        self._ready = False
+
+    @property
+    def live(self) -> bool:
+        """The server answers (always, while it runs)."""
+        return True
+
+    @property
+    def ready(self) -> bool:
+        """Every model is loaded and the server is not shutting down."""
+        return self._ready
+
+    async def start(self) -> None:
+        """Load and warm up every model version, then become ready.
+
+        Raises:
+            KilnError: a model folder or artifact cannot be served (the message names it).
+        """
+        for name, versions in self.repository.items():
+            for version, folder in versions.items():
+                self.models[(name, version)] = await self._load(name, version, folder)
+        self._ready = True
+
+    async def stop(self) -> None:
+        """Stop being ready, finish the running batches and fail what still waits."""
+        self._ready = False
+        for model in self.models.values():
+            await model.batcher.stop()
+
+    async def _load(self, name: str, version: str, folder: Path) -> LoadedModel:
+        settings, start = self.settings, time.monotonic()
+        predictor = await asyncio.to_thread(load_predictor, folder, settings.artifact,
+                                            threads=settings.threads, spin_wait=settings.spin_wait)
+        await asyncio.to_thread(predictor.predict, ["warm up"] * min(4, settings.max_batch_size))
+        series = model_metrics(self.metrics, name)
+        batcher = Batcher(lambda rows: infer_rows(predictor, rows), length=row_length,
+                          max_batch_size=settings.max_batch_size,
+                          max_delay_ms=settings.max_queue_delay_ms,
+                          max_queue_size=settings.max_queue_size, instances=settings.instances,
+                          on_batch=_batch_observer(series))
+        series.load_seconds.set(time.monotonic() - start)
+        return LoadedModel(name, version, predictor, batcher, series)
+
+    def server_metadata(self) -> dict[str, Any]:
+        return {"name": "kiln", "version": kiln.__version__, "extensions": ["binary_tensor_data"]}
+
+    def check_api_key(self, authorization: str | None) -> None:
+        """Check the raw ``Authorization`` value against the API key, if one is set.
+
+        Raises:
+            Unauthorized: the key is missing or wrong.
+        """
+        if self.settings.api_key is None:
+            return
+        expected = f"Bearer {self.settings.api_key}".encode()
+        if not hmac.compare_digest((authorization or "").encode(), expected):
+            raise Unauthorized("missing or wrong API key (Authorization: Bearer ...)")
+
+    def resolve(self, name: str, version: str | None = None) -> str:
+        """The version of model ``name`` that a request for ``version`` (None: the latest) gets.
+
+        Raises:
+            NotFound: no model ``name``, or it has no ``version``.
+        """
+        if name not in self.repository:
+            raise NotFound(f"unknown model '{name}'; serving {sorted(self.repository)}")
+        versions = self.repository[name]
+        version = version or latest_version(versions)
+        if version not in versions:
+            raise NotFound(f"model '{name}' has no version '{version}'; versions: "
+                           f"{sorted(versions, key=int)}")
+        return version
+
+    def model(self, name: str, version: str | None = None) -> LoadedModel:
+        """The loaded model a request for ``name`` (and ``version``, None: the latest) goes to.
+
+        Raises:
+            NotFound: see `resolve`.
+            Unavailable: the models are still loading (or the server is stopping).
+        """
+        version = self.resolve(name, version)
+        if not self._ready:
+            raise Unavailable("model is loading")
+        return self.models[(name, version)]
+
+    def model_ready(self, name: str, version: str | None = None) -> bool:
+        """Whether the model answers requests now (raises `NotFound` for an unknown one)."""
+        self.resolve(name, version)
+        return self._ready
+
+    def model_metadata(self, name: str, version: str | None = None) -> dict[str, Any]:
+        """The protocol's model metadata (raises as `model` does)."""
+        model = self.model(name, version)
+        return metadata(model, sorted(self.repository[name], key=int))
+
+    @asynccontextmanager
+    async def request(
+        self, name: str, version: str | None = None, authorization: str | None = None,
+    ) -> AsyncIterator[LoadedModel]:
+        """One inference request, from the model lookup to the answer, counted in the metrics.
+
+        Checks the key, resolves the model and counts the request in flight; on leaving, counts it
+        under its outcome (from the exception that ended it, if any) with its duration. A transport
+        reads and parses its request body inside, so that time and those errors are counted too.
+
+        Raises:
+            Unauthorized, NotFound, Unavailable: as `check_api_key` and `model`.
+        """
+        started, model = time.monotonic(), None
+        label_version = version or ""
+        try:
+            self.check_api_key(authorization)
+            model = self.model(name, version)
+            label_version = model.version
+            model.metrics.inflight.inc()
+            yield model
+        except BaseException as exc:
+            self.metrics.requests.labels(name, label_version, outcome_of(exc)).inc()
+            raise
+        else:
+            self.metrics.requests.labels(name, label_version, "success").inc()
+        finally:
+            if model is not None:
+                model.metrics.inflight.dec()
+                model.metrics.request_seconds.observe(time.monotonic() - started)
+                model.metrics.queue_depth.set(model.batcher.queued_rows)
+
+    async def predict(self, model: LoadedModel, request: InferRequest) -> InferResult:
+        """Run ``request`` on ``model`` through its batcher (inside `request`, for the metrics).
+
+        Raises:
+            Overloaded: the queue is full (503, retry after 1 s).
+            TimedOut: no result within the request's (or the server's) timeout.
+        """
+        rows: list[Any] = (request.input_ids if request.input_ids is not None
+                           else list(request.texts or []))
+        try:
+            out = await model.batcher.submit(rows, request.timeout_s or self.settings.timeout_s)
+        except QueueFull as exc:
+            raise Overloaded(f"server busy: {exc}; retry later") from None
+        except asyncio.TimeoutError:
+            raise TimedOut("request timed out") from None
+        logits, probabilities, best = zip(*out)
+        labels = [model.predictor.label_names[i] for i in best]
+        return InferResult(model.name, model.version, list(logits), list(probabilities), labels)
+
+    async def infer(
+        self, name: str, request: InferRequest, version: str | None = None,
+        authorization: str | None = None,
+    ) -> InferResult:
+        """`predict` for an already parsed request, with the key check, lookup and metrics."""
+        async with self.request(name, version, authorization) as model:
+            return await self.predict(model, request)
+
+    def metrics_exposition(self) -> bytes:
+        """The Prometheus text exposition of the metrics (every worker's, summed, if several)."""
+        registry = self.metrics.registry
+        if self.settings.metrics_dir is not None:
+            registry = CollectorRegistry()
+            MultiProcessCollector(registry, path=self.settings.metrics_dir)
+        return generate_latest(registry)
+
+
+def _batch_observer(series: ModelMetrics) -> Callable[[int, float, float], None]:
+    def on_batch(size: int, queued: float, compute: float) -> None:
+        series.batch_size.observe(size)
+        series.queue_seconds.observe(queued)
+        series.compute_seconds.observe(compute)
+
+    return on_batch
