@@ -28,11 +28,8 @@ from kiln.export.onnx_optimize import (
     quantize_dynamic_int8,
     quantize_static_int8,
 )
-from kiln.export.openvino_export import (
-    convert_openvino,
-    openvino_available,
-    quantize_openvino_int8,
-)
+from kiln.export.openvino_export import convert_openvino, quantize_openvino_int8
+from kiln.extras import installed
 from kiln.models import TransformerClassifier
 from kiln.runtime import OpenVinoBackend, OrtBackend, TorchBackend
 
@@ -108,7 +105,7 @@ def main() -> None:
         quantize_static_int8(onnx_fp32, Path(tmp) / "model.int8-static.onnx", calibration)
         extra = {"onnxruntime static int8": OrtBackend(Path(tmp) / "model.int8-static.onnx",
                                                        threads=args.threads)}
-        if openvino_available():
+        if installed("openvino"):
             xml = convert_openvino(onnx_fp32, Path(tmp) / "model.ov.xml")
             quantize_openvino_int8(xml, Path(tmp) / "model.ov-int8.xml", calibration)
             extra |= {"openvino fp32": OpenVinoBackend(xml, threads=args.threads),

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 
@@ -21,6 +22,21 @@ def replace_dir(tmp: Path, target: Path) -> None:
         shutil.rmtree(old)
     else:
         os.rename(tmp, target)
+
+
+@contextlib.contextmanager
+def replacing_dir(target: Path) -> Iterator[Path]:
+    """A new temporary folder beside ``target`` for the with-block to fill: when the block ends
+    normally it replaces ``target`` (see replace_dir); when it raises, it is removed and
+    ``target`` stays as it was."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = temp_dir(target.parent, f".tmp-{target.name}-")
+    try:
+        yield tmp
+        replace_dir(tmp, target)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
 
 
 def _umask() -> int:

@@ -11,9 +11,9 @@ import pytest
 
 from kiln.errors import RunDirError
 from kiln.export import parse_triton_config, triton_run
-from kiln.export.openvino_export import openvino_available
-from kiln.export.pipeline import PREFERENCE, default_artifacts
+from kiln.extras import installed
 from kiln.runtime import load_predictor
+from kiln.runtime.artifacts import PREFERENCE, default_artifacts
 
 MAX_LENGTH = 48
 
@@ -122,7 +122,7 @@ def test_impossible_tolerance_fails_the_command_naming_artifact_and_metric(
     assert kept.returncode == 0
 
 
-@pytest.mark.skipif(not openvino_available(), reason="optional extra kiln[openvino] not installed")
+@pytest.mark.skipif(not installed("openvino"), reason="optional extra kiln[openvino] not installed")
 def test_openvino_artifacts_predict_like_the_trained_model(exported_run: Path) -> None:
     texts = ["my parcel has not arrived yet", "the app keeps crashing after the update"]
     reference = load_predictor(exported_run, "torch-fp32").predict(texts)
@@ -136,7 +136,7 @@ def test_openvino_artifacts_predict_like_the_trained_model(exported_run: Path) -
     assert (exported_run / "export" / "model.ov-int8.bin").exists()
 
 
-@pytest.mark.skipif(not openvino_available(), reason="optional extra kiln[openvino] not installed")
+@pytest.mark.skipif(not installed("openvino"), reason="optional extra kiln[openvino] not installed")
 def test_openvino_backends_freed_out_of_order_leave_python_signal_handlers_working(
     exported_run: Path, cli_env: dict[str, str]
 ) -> None:

@@ -10,12 +10,12 @@ import pytest
 import torch
 
 from kiln.export import Tolerance, export_run
-from kiln.export.openvino_export import openvino_available
+from kiln.extras import installed
 from kiln.models import MANIFEST, load_model_dir, read_manifest, save_model_dir
 from kiln.runtime import load_predictor
 
 OUTLIER = 2000.0
-OPENVINO = ["openvino-fp32", "openvino-int8"] if openvino_available() else []
+OPENVINO = ["openvino-fp32", "openvino-int8"] if installed("openvino") else []
 ARTIFACTS = ["onnx-fp32", "onnx-opt", "onnx-int8-dynamic", "torch-int8", *OPENVINO]
 # The test eval set is 80 texts, where one flip is 1.25 points; the outlier below costs far more.
 TOLERANCE = Tolerance(max_accuracy_drop=5.0, min_argmax_agreement=0.95)

@@ -5,12 +5,12 @@ from pathlib import Path
 import pytest
 
 from kiln.export import export_run
-from kiln.export.tensorrt_export import tensorrt_available
+from kiln.extras import installed
 from kiln.runtime import load_predictor
 
 pytestmark = [
     pytest.mark.gpu,
-    pytest.mark.skipif(not tensorrt_available(),
+    pytest.mark.skipif(not installed("tensorrt"),
                        reason="needs a CUDA GPU and the tensorrt package (pip install tensorrt)"),
 ]
 

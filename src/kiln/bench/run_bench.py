@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import os
 import platform
-import shutil
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,9 +19,9 @@ from kiln.bench.plots import write_plots
 from kiln.config import load_config
 from kiln.data import prepare_data
 from kiln.errors import RunDirError
-from kiln.files import replace_dir, temp_dir
+from kiln.files import replacing_dir
 from kiln.models import MANIFEST, read_manifest
-from kiln.runtime.load import backend_available, make_backend, reference_artifact
+from kiln.runtime import make_backend, reference_artifact, runs_here
 from kiln.runtime.predictor import pad_batch
 
 BASELINE = "torch-fp32"  # the baseline of a torch run; a keras run's is keras-fp32
@@ -71,7 +70,7 @@ def bench_run(run_dir: str | os.PathLike[str], settings: BenchSettings = BenchSe
     names = list(settings.artifacts) if settings.artifacts else [baseline] + [
         n for n, e in manifest.get("artifacts", {}).items()
         if e["passed"] and (e["precision"] != "fp16" or torch.cuda.is_available())
-        and backend_available(n, manifest) and n != baseline]
+        and runs_here(n, manifest) and n != baseline]
     if baseline not in names:
         names.insert(0, baseline)
     torch.set_num_threads(settings.threads)
@@ -109,7 +108,7 @@ def baseline_artifact(manifest: dict[str, Any]) -> str:
         RunDirError: neither can run here.
     """
     reference = reference_artifact(manifest)
-    if backend_available(reference, manifest):
+    if runs_here(reference, manifest):
         return reference
     if manifest.get("artifacts", {}).get(FALLBACK_BASELINE, {}).get("passed"):
         return FALLBACK_BASELINE
@@ -173,13 +172,7 @@ def format_report(report: dict[str, Any]) -> str:
 
 
 def _write_report(target: Path, report: dict[str, Any]) -> None:
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = temp_dir(target.parent, ".tmp-bench-")
-    try:
+    with replacing_dir(target) as tmp:
         (tmp / "report.json").write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
         (tmp / "report.md").write_text(format_report(report), encoding="utf-8")
         write_plots(report, tmp)
-        replace_dir(tmp, target)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise

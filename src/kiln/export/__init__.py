@@ -3,13 +3,14 @@ checks, and a Triton model repository around the chosen ONNX artifact."""
 
 from kiln.export.onnx_export import ExportError, export_onnx
 from kiln.export.parity import Parity, Tolerance, format_parity_table
-from kiln.export.pipeline import ARTIFACTS, ExportReport, export_run
+from kiln.export.pipeline import ExportReport, export_run
 from kiln.export.triton import (
     TritonExportError,
     parse_triton_config,
     write_triton_repository,
 )
 from kiln.export.triton_run import triton_run
+from kiln.runtime.artifacts import ARTIFACTS
 
 __all__ = [
     "ARTIFACTS",

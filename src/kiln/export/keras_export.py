@@ -19,9 +19,10 @@ from pathlib import Path
 from typing import Any
 
 from kiln.export.onnx_export import ExportError, check_onnx_shapes
-from kiln.keras.backends import KerasBackend, SavedModelBackend
-from kiln.keras.env import import_keras
-from kiln.keras.model import load_keras_model, serving_function
+from kiln.export.trained import TrainedModel
+from kiln.extras import import_keras
+from kiln.models.keras_model import load_keras_model, serving_function
+from kiln.runtime.tensorflow import KerasBackend, SavedModelBackend
 
 tf, keras = import_keras()
 
@@ -89,10 +90,8 @@ def export_saved_model(model: Any, folder: Path) -> Path:
     return folder
 
 
-def keras_trained_model(model_dir: Path, manifest: dict[str, Any]) -> Any:
+def keras_trained_model(model_dir: Path, manifest: dict[str, Any]) -> TrainedModel:
     """The ``TrainedModel`` of a keras model folder, for ``kiln.export.export_run``."""
-    from kiln.export.pipeline import TrainedModel
-
     model = load_keras_model(model_dir / manifest["weights"])
     max_length = int(manifest["max_length"])
 

@@ -20,15 +20,6 @@ import numpy as np
 from kiln.runtime.backends import openvino_core
 
 
-def openvino_available() -> bool:
-    try:
-        import nncf  # noqa: F401
-        import openvino  # noqa: F401
-    except ImportError:
-        return False
-    return True
-
-
 def convert_openvino(onnx_file: Path, xml: Path) -> Path:
     """ONNX -> OpenVINO IR (``xml`` plus its ``.bin``), dynamic axes kept, fp32 weights."""
     import openvino as ov

@@ -8,8 +8,8 @@ from typing import Any
 
 import numpy as np
 
+from kiln.metrics import confusion_matrix, macro_f1
 from kiln.runtime.predictor import Backend
-from kiln.train.metrics import confusion_matrix, macro_f1
 
 EvalBatch = tuple[np.ndarray, np.ndarray, np.ndarray]  # input_ids, attention_mask, labels
 

@@ -1,6 +1,6 @@
 """TensorRT: an fp16 engine built from the exported ONNX, for NVIDIA GPUs.
 
-Needs the `tensorrt` package and a CUDA GPU (`tensorrt_available()`); the engine is specific to
+Needs the `tensorrt` package and a CUDA GPU (`kiln.extras.installed("tensorrt")`); the engine is specific to
 the GPU model and TensorRT version that built it, so `kiln export` builds it on the serving
 machine's kind of GPU. The optimisation profile covers batch 1..max_batch and length
 1..max_length, the same dynamic axes as the ONNX file.
@@ -10,19 +10,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import torch
-
 from kiln.export.onnx_export import INPUT_NAMES, ExportError
-
-
-def tensorrt_available() -> bool:
-    if not torch.cuda.is_available():
-        return False
-    try:
-        import tensorrt  # noqa: F401
-    except ImportError:
-        return False
-    return True
 
 
 def build_engine(onnx_path: Path, plan_path: Path, max_length: int, max_batch: int = 64,

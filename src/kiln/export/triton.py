@@ -20,7 +20,7 @@ from onnx.external_data_helper import ExternalDataInfo, uses_external_data
 from tritonclient.grpc import model_config_pb2
 
 from kiln.errors import KilnError
-from kiln.files import replace_dir, temp_dir
+from kiln.files import replacing_dir
 from kiln.models.package import MANIFEST, TOKENIZER, file_digest
 
 CONFIG = "config.pbtxt"
@@ -79,8 +79,28 @@ def write_triton_repository(
         raise TritonExportError(f"tokenizer {tokenizer_file} does not exist")
     graph = onnx.load(str(onnx_file), load_external_data=False)
     _check_graph(graph, manifest, onnx_file)
-    data_files = _external_data_files(graph, onnx_file)
+    config = _model_config(manifest, model_name, max_batch_size, max_queue_delay_us, instances,
+                           kind, tensorrt)
+    target = out_dir / model_name
+    with replacing_dir(target) as tmp:
+        files = _copy_model(onnx_file, _external_data_files(graph, onnx_file), tmp)
+        if tokenizer_file is not None:
+            tokenizer_name = str(manifest.get("tokenizer", TOKENIZER))
+            shutil.copy2(tokenizer_file, tmp / tokenizer_name)
+            files.append(tokenizer_name)
+        # The checksums describe this folder, so verify_files() works on it as on a model folder.
+        body = {**manifest, "files": {f: file_digest(tmp / f) for f in files}}
+        (tmp / MANIFEST).write_text(json.dumps(body, indent=2) + "\n", encoding="utf-8")
+        (tmp / CONFIG).write_text(text_format.MessageToString(config), encoding="utf-8")
+    return target
 
+
+def _model_config(
+    manifest: Mapping[str, Any], model_name: str, max_batch_size: int, max_queue_delay_us: int,
+    instances: int, kind: Literal["cpu", "gpu"], tensorrt: bool,
+) -> model_config_pb2.ModelConfig:
+    """The model's ``config.pbtxt`` as Triton's own message: inputs and outputs from the manifest,
+    dynamic batching, instances, warm-up, and the TensorRT accelerator on the GPU."""
     config = model_config_pb2.ModelConfig(
         name=model_name, platform="onnxruntime_onnx", max_batch_size=max_batch_size)
     for spec in manifest["inputs"]:
@@ -107,32 +127,19 @@ def write_triton_repository(
             name="tensorrt")
         accelerator.parameters["precision_mode"] = "FP16"
         accelerator.parameters["max_workspace_size_bytes"] = str(TENSORRT_WORKSPACE_BYTES)
+    return config
 
-    target = out_dir / model_name
-    out_dir.mkdir(parents=True, exist_ok=True)
-    tmp = temp_dir(out_dir, f".tmp-{model_name}-")
-    try:
-        version = tmp / VERSION
-        version.mkdir()
-        shutil.copy2(onnx_file, version / ONNX_MODEL)
-        for location in data_files:
-            (version / location).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(onnx_file.parent / location, version / location)
-        body = dict(manifest)
-        files = [f"{VERSION}/{ONNX_MODEL}", *(f"{VERSION}/{loc}" for loc in data_files)]
-        if tokenizer_file is not None:
-            tokenizer_name = str(manifest.get("tokenizer", TOKENIZER))
-            shutil.copy2(tokenizer_file, tmp / tokenizer_name)
-            files.append(tokenizer_name)
-        # The checksums describe this folder, so verify_files() works on it as on a model folder.
-        body["files"] = {f: file_digest(tmp / f) for f in files}
-        (tmp / MANIFEST).write_text(json.dumps(body, indent=2) + "\n", encoding="utf-8")
-        (tmp / CONFIG).write_text(text_format.MessageToString(config), encoding="utf-8")
-        replace_dir(tmp, target)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return target
+
+def _copy_model(onnx_file: Path, data_files: list[str], folder: Path) -> list[str]:
+    """Copy the ONNX file and its external-data files into ``folder/1/``; returns their paths
+    relative to ``folder``."""
+    version = folder / VERSION
+    version.mkdir()
+    shutil.copy2(onnx_file, version / ONNX_MODEL)
+    for location in data_files:
+        (version / location).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(onnx_file.parent / location, version / location)
+    return [f"{VERSION}/{ONNX_MODEL}", *(f"{VERSION}/{loc}" for loc in data_files)]
 
 
 def parse_triton_config(path: Path) -> model_config_pb2.ModelConfig:

@@ -16,7 +16,7 @@ import os
 from collections.abc import Mapping
 from typing import Any
 
-from kiln.keras.env import import_keras
+from kiln.extras import import_keras
 
 import_keras()  # sets the TensorFlow backend before keras is first imported
 

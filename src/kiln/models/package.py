@@ -23,7 +23,7 @@ from tokenizers import Tokenizer
 from torch import nn
 
 from kiln.errors import RunDirError
-from kiln.files import replace_dir, temp_dir
+from kiln.files import replacing_dir
 from kiln.models.registry import build_model
 
 MANIFEST = "kiln.json"
@@ -108,18 +108,12 @@ def save_model_files(
     """The model folder for any framework: ``write_weights(tmp)`` writes ``manifest["weights"]``
     into a temporary folder; tokenizer and manifest (with checksums) join it; then it is renamed
     into place, replacing any older ``directory``."""
-    directory.parent.mkdir(parents=True, exist_ok=True)
-    tmp = temp_dir(directory.parent, f".tmp-{directory.name}-")
-    try:
+    with replacing_dir(directory) as tmp:
         write_weights(tmp)
         shutil.copy2(tokenizer_file, tmp / TOKENIZER)
         body = dict(manifest)
         body["files"] = {f: file_digest(tmp / f) for f in (manifest["weights"], TOKENIZER)}
         (tmp / MANIFEST).write_text(json.dumps(body, indent=2) + "\n", encoding="utf-8")
-        replace_dir(tmp, directory)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return directory
 
 

@@ -1,6 +1,16 @@
-"""One Predictor interface over inference backends (torch eager fp32/int8, ONNX Runtime, OpenVINO,
-TensorRT)."""
+"""Inference: one Predictor interface over every backend (torch eager fp32/int8, ONNX Runtime,
+OpenVINO, TensorRT, Keras, TensorFlow SavedModel), and the artifact table they run."""
 
+from kiln.runtime.artifacts import (
+    ARTIFACTS,
+    KIND,
+    KINDS,
+    PREFERENCE,
+    ArtifactKind,
+    default_artifacts,
+    reference_artifact,
+    runs_here,
+)
 from kiln.runtime.backends import (
     OpenVinoBackend,
     OrtBackend,
@@ -10,29 +20,35 @@ from kiln.runtime.backends import (
 )
 from kiln.runtime.load import (
     artifact_folder,
-    backend_available,
     list_artifacts,
     load_predictor,
     make_backend,
-    reference_artifact,
+    open_file,
 )
 from kiln.runtime.predictor import Backend, Predictions, Predictor, pad_batch, softmax
 
 __all__ = [
+    "ARTIFACTS",
+    "KIND",
+    "KINDS",
+    "PREFERENCE",
+    "ArtifactKind",
     "Backend",
     "OpenVinoBackend",
     "OrtBackend",
-    "TensorRtBackend",
     "Predictions",
     "Predictor",
+    "TensorRtBackend",
     "TorchBackend",
     "artifact_folder",
-    "backend_available",
+    "default_artifacts",
     "list_artifacts",
     "load_predictor",
     "make_backend",
+    "open_file",
     "pad_batch",
     "quantize_dynamic_int8",
     "reference_artifact",
+    "runs_here",
     "softmax",
 ]

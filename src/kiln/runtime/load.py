@@ -10,7 +10,9 @@ from typing import Any
 from tokenizers import Tokenizer
 
 from kiln.errors import RunDirError
+from kiln.extras import EXTRAS, install_hint
 from kiln.models import MANIFEST, load_model_dir, read_manifest, verify_files
+from kiln.runtime.artifacts import KIND, reference_artifact, runs_here
 from kiln.runtime.backends import OpenVinoBackend, OrtBackend, TensorRtBackend, TorchBackend
 from kiln.runtime.predictor import Backend, Predictor
 
@@ -26,11 +28,6 @@ def artifact_folder(path: str | os.PathLike[str]) -> Path:
         if (candidate / MANIFEST).exists():
             return candidate
     raise RunDirError(f"{p} holds no kiln model: no {MANIFEST} in it, its export/ or its model/")
-
-
-def reference_artifact(manifest: dict[str, Any]) -> str:
-    """The trained model itself as an artifact name: ``torch-fp32`` or ``keras-fp32``."""
-    return f"{manifest.get('framework', 'torch')}-fp32"
 
 
 def list_artifacts(folder: Path, manifest: dict[str, Any]) -> list[str]:
@@ -82,55 +79,46 @@ def make_backend(folder: Path, manifest: dict[str, Any], name: str, *, threads: 
     Raises:
         RunDirError: unknown or failed artifact, or one whose runtime is not installed.
     """
-    reference = reference_artifact(manifest)
     # the trained model itself: always there, never parity-checked
-    entry: dict[str, Any] | None = (
-        {"passed": True} if name == reference else manifest.get("artifacts", {}).get(name))
+    entry: dict[str, Any] | None = ({"passed": True} if name == reference_artifact(manifest)
+                                    else manifest.get("artifacts", {}).get(name))
     if entry is None:
         raise RunDirError(f"no artifact '{name}' in {folder}; available: "
                           f"{list_artifacts(folder, manifest)}")
     if not entry.get("passed", True) and not allow_failed:
         raise RunDirError(f"artifact '{name}' in {folder} failed its parity check; see parity.json")
-    if name.startswith("torch"):
-        model = load_model_dir(folder).model
-        return TorchBackend(model, int8=name == "torch-int8", threads=threads,
-                            fp32_layers=entry.get("fp32_layers", ()))
-    if name == "keras-fp32" or entry.get("backend") == "tensorflow":
-        return _tensorflow_backend(folder, manifest, name, entry, threads)
-    if entry.get("backend") == "tensorrt":
-        return TensorRtBackend(folder / entry["file"])
-    if entry.get("backend") == "openvino":
-        return OpenVinoBackend(folder / entry["file"], threads=threads)
-    return OrtBackend(folder / entry["file"], threads=threads, spin_wait=spin_wait)
+    kind = KIND.get(name)
+    backend = kind.backend if kind is not None else entry.get("backend", "onnxruntime")
+    if not runs_here(name, manifest):
+        extra = kind.extra if kind is not None and kind.extra else backend
+        raise RunDirError(f"artifact '{name}' runs on {backend}, which is not installed here: "
+                          f"{install_hint(extra) if extra in EXTRAS else extra}; the ONNX "
+                          "artifacts need only onnxruntime")
+    if backend == "torch":  # the trained weights, as they are or quantised
+        return TorchBackend(load_model_dir(folder).model, int8=kind is not None and kind.int8,
+                            threads=threads, fp32_layers=entry.get("fp32_layers", ()))
+    if name == reference_artifact(manifest):  # the trained Keras model
+        from kiln.runtime.tensorflow import KerasBackend
 
-
-def backend_available(name: str, manifest: dict[str, Any]) -> bool:
-    """Whether this installation can run artifact ``name`` (TensorFlow ones need kiln[keras])."""
-    entry = manifest.get("artifacts", {}).get(name, {})
-    if name == "keras-fp32" or entry.get("backend") == "tensorflow":
-        from kiln.keras import keras_available
-
-        return keras_available()
-    if entry.get("backend") == "openvino":
-        from kiln.export.openvino_export import openvino_available
-
-        return openvino_available()
-    if entry.get("backend") == "tensorrt":
-        from kiln.export.tensorrt_export import tensorrt_available
-
-        return tensorrt_available()
-    return True
-
-
-def _tensorflow_backend(folder: Path, manifest: dict[str, Any], name: str, entry: dict[str, Any],
-                        threads: int | None) -> Backend:
-    if not backend_available(name, manifest):
-        from kiln.keras import INSTALL_HINT
-
-        raise RunDirError(f"artifact '{name}' runs on TensorFlow, which is not installed: "
-                          f"{INSTALL_HINT}; the ONNX artifacts need only onnxruntime")
-    from kiln.keras.backends import KerasBackend, SavedModelBackend
-
-    if name == "keras-fp32":
         return KerasBackend.from_file(folder / manifest["weights"], threads=threads)
-    return SavedModelBackend(folder / entry["file"], threads=threads)
+    return open_file(backend, folder / entry["file"], threads=threads, spin_wait=spin_wait)
+
+
+def open_file(backend: str, path: Path, *, threads: int | None = None,
+              spin_wait: bool = True) -> Backend:
+    """The backend that runs artifact file (or folder) ``path`` on runtime ``backend``.
+
+    Raises:
+        RunDirError: kiln has no such runtime.
+    """
+    if backend == "onnxruntime":
+        return OrtBackend(path, threads=threads, spin_wait=spin_wait)
+    if backend == "openvino":
+        return OpenVinoBackend(path, threads=threads)
+    if backend == "tensorrt":
+        return TensorRtBackend(path)
+    if backend == "tensorflow":
+        from kiln.runtime.tensorflow import SavedModelBackend
+
+        return SavedModelBackend(path, threads=threads)
+    raise RunDirError(f"{path}: no runtime named '{backend}'")

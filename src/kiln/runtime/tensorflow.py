@@ -10,7 +10,7 @@ from typing import Any
 
 import numpy as np
 
-from kiln.keras.env import import_keras
+from kiln.extras import import_keras
 
 tf, keras = import_keras()
 
@@ -29,7 +29,7 @@ class KerasBackend:
     """A Keras model in inference mode through one traced tf.function (no dropout, any shape)."""
 
     def __init__(self, model: Any, *, threads: int | None = None) -> None:
-        from kiln.keras.model import serving_function
+        from kiln.models.keras_model import serving_function
 
         set_tf_threads(threads)
         self.model = model
@@ -39,7 +39,7 @@ class KerasBackend:
 
     @classmethod
     def from_file(cls, path: str | os.PathLike[str], *, threads: int | None = None) -> KerasBackend:
-        from kiln.keras.model import load_keras_model
+        from kiln.models.keras_model import load_keras_model
 
         set_tf_threads(threads)
         return cls(load_keras_model(path), threads=threads)
