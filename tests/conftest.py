@@ -70,7 +70,7 @@ def kill_at_checkpoint(proc: subprocess.Popen[bytes], run: Path, min_step: int, 
                        with_children: bool = False) -> int:
     """SIGKILL ``proc`` (and, if asked, every process below it, as when a machine dies) once
     ``run`` holds a checkpoint at ``min_step`` or later; returns the step of the latest one."""
-    from kiln.train.checkpoint import latest_checkpoint, list_checkpoints
+    from kiln.run.checkpoints import latest_checkpoint, list_checkpoints
 
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline and proc.poll() is None:

@@ -38,12 +38,40 @@ def test_help_documents_the_keras_keys() -> None:
     assert "keras.jit_compile" in keys and "keras" in keys["framework"]
 
 
+# Whether TensorFlow is installed or not: an import of it (or of keras) raises, naming the module.
+NO_TENSORFLOW = """
+import importlib.abc, importlib.machinery, sys
+
+class Refuse(importlib.abc.MetaPathFinder, importlib.abc.Loader):
+    def find_spec(self, name, path=None, target=None):
+        if name.partition(".")[0] in ("tensorflow", "keras", "tf2onnx"):
+            return importlib.machinery.ModuleSpec(name, self)
+        return None
+
+    def create_module(self, spec):
+        return None
+
+    def exec_module(self, module):
+        raise ImportError("imported " + module.__name__)
+
+sys.meta_path.insert(0, Refuse())
+"""
+
+
 def test_torch_path_never_imports_tensorflow() -> None:
-    code = ("import sys, kiln, kiln.cli, kiln.train, kiln.export, kiln.runtime, kiln.serve, "
-            "kiln.bench, kiln.keras; assert 'tensorflow' not in sys.modules and 'keras' not in "
-            "sys.modules, sorted(m for m in sys.modules if 'tensorflow' in m or 'keras' in m)")
+    code = NO_TENSORFLOW + (
+        "import kiln, kiln.cli, kiln.train, kiln.train.loop, kiln.export, kiln.export.pipeline, "
+        "kiln.runtime, kiln.serve, kiln.bench, kiln.keras, kiln.evaluate, kiln.run\n"
+        "from kiln.cli import build_parser; build_parser()\n"
+        "assert not [m for m in sys.modules if m.partition('.')[0] in ('tensorflow', 'keras')]")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
+
+
+def test_the_tensorflow_guard_catches_an_import() -> None:
+    done = subprocess.run([sys.executable, "-c", NO_TENSORFLOW + "import kiln.keras.train"],
+                          capture_output=True, text=True)
+    assert done.returncode != 0 and "imported " in done.stderr
 
 
 def test_framework_keras_without_the_extra_says_how_to_install_it(tmp_path) -> None:

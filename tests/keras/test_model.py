@@ -12,8 +12,8 @@ from tests.keras.conftest import NEEDS_KERAS
 pytest.importorskip("tensorflow", reason=NEEDS_KERAS)
 pytestmark = pytest.mark.keras
 
-from kiln.keras.backends import KerasBackend  # noqa: E402
-from kiln.keras.model import build_keras_model, gelu, load_keras_model  # noqa: E402
+from kiln.models.keras_model import build_keras_model, gelu, load_keras_model  # noqa: E402
+from kiln.runtime.tensorflow import KerasBackend  # noqa: E402
 
 KWARGS = dict(vocab_size=50, num_labels=3, max_length=16, embed_dim=32, num_heads=4,
               num_layers=2, ff_dim=64, dropout=0.0, pooling="mean", pad_id=0)

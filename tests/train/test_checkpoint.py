@@ -2,13 +2,8 @@ from pathlib import Path
 
 import torch
 
-from kiln.train.checkpoint import (
-    latest_checkpoint,
-    list_checkpoints,
-    load_checkpoint,
-    remove_stale_temporaries,
-    save_checkpoint,
-)
+from kiln.run.checkpoints import latest_checkpoint, list_checkpoints, remove_stale_temporaries
+from kiln.train.checkpoint import load_checkpoint, save_checkpoint
 
 
 def save(run: Path, step: int, keep: int = 2) -> Path:

@@ -16,7 +16,7 @@ import torch
 from safetensors.torch import load_file
 
 from kiln.data import EpochBatchSampler, SortedBatchSampler, shard_batches
-from kiln.train.checkpoint import list_checkpoints
+from kiln.run.checkpoints import list_checkpoints
 from tests.conftest import kill_at_checkpoint, tiny_overrides
 
 KILN = [sys.executable, "-m", "kiln", "train"]

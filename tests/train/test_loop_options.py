@@ -64,7 +64,7 @@ def test_non_finite_steps_are_skipped_then_training_stops_keeping_good_checkpoin
 ) -> None:
     import torch
 
-    from kiln.train.loop import TrainingDiverged
+    from kiln.run import TrainingDiverged
 
     # an absurd learning rate with no clipping drives the weights to inf within a few steps
     cfg = load_config(overrides=tiny_overrides(*small_dataset, tmp_path, **{

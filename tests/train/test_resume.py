@@ -9,8 +9,8 @@ import pytest
 from safetensors.torch import load_file
 
 from kiln.config import load_config
+from kiln.run.checkpoints import latest_checkpoint, list_checkpoints
 from kiln.train import train
-from kiln.train.checkpoint import latest_checkpoint, list_checkpoints
 from tests.conftest import kill_at_checkpoint, tiny_overrides
 
 RESUME_SETTINGS = {"train.epochs": 2, "train.checkpoint_every": 4, "train.eval_every": 6,

@@ -1,5 +1,7 @@
-"""The Keras/TensorFlow path (optional extra ``kiln[keras]``): the same config, data, run directory
-and manifest as the torch path, trained with Keras 3 ``fit`` on TensorFlow and exported to ONNX.
+"""The Keras/TensorFlow trainer (optional extra ``kiln[keras]``): the same config, data, run
+directory and manifest as the torch path, trained with Keras 3 ``fit`` on TensorFlow. Its model is
+``kiln.models.keras_model``, its runtime backends ``kiln.runtime.tensorflow``, its exports
+``kiln.export.keras_export``.
 
 Importing this package does not import TensorFlow; each function imports it when called.
 """
@@ -8,11 +10,9 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from kiln.keras.env import INSTALL_HINT, keras_available
-
 if TYPE_CHECKING:
     from kiln.config import Config
-    from kiln.train.loop import TrainResult
+    from kiln.run import TrainResult
 
 
 def train_keras(cfg: Config, *, fresh: bool = False, progress: bool | None = None) -> TrainResult:
@@ -26,4 +26,4 @@ def train_keras(cfg: Config, *, fresh: bool = False, progress: bool | None = Non
     return train.train_keras(cfg, fresh=fresh, progress=progress)
 
 
-__all__ = ["INSTALL_HINT", "keras_available", "train_keras"]
+__all__ = ["train_keras"]

@@ -1,7 +1,7 @@
 """Keras checkpoints in the run directory's ``checkpoints/step-NNNNNN/`` folders.
 
 The folder protocol (temporary folder, fsync, rename, ``latest`` pointer, rotation) is the torch
-path's (``kiln.train.checkpoint.write_checkpoint``), so resume detection, ``--fresh`` and the
+path's (``kiln.run.checkpoints.write_checkpoint``), so resume detection, ``--fresh`` and the
 config check work the same. Inside: every model variable (weights and the dropout seed-generator
 states), every optimizer variable (moments, iteration counter, gradient accumulators, loss scale),
 each as a numbered safetensors array, and the progress counters as JSON. No pickles.
@@ -21,7 +21,7 @@ import numpy as np
 from safetensors.numpy import load_file, save_file
 
 from kiln.errors import RunDirError
-from kiln.train.checkpoint import write_checkpoint
+from kiln.run.checkpoints import write_checkpoint
 
 MODEL_FILE = "keras_model.safetensors"
 OPTIMIZER_FILE = "keras_optimizer.safetensors"

@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from kiln.data import EncodedDataset, SortedBatchSampler
-from kiln.keras.env import import_keras
+from kiln.extras import import_keras
 
 tf, _ = import_keras()
 

@@ -14,7 +14,7 @@ from typing import Any
 
 from kiln.config import Config
 from kiln.errors import ConfigError
-from kiln.keras.env import import_keras
+from kiln.extras import import_keras
 
 tf, keras = import_keras()
 

@@ -11,7 +11,7 @@ import math
 from typing import Any
 
 from kiln.config import TrainConfig
-from kiln.keras.env import import_keras
+from kiln.extras import import_keras
 
 import_keras()
 

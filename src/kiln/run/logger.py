@@ -6,12 +6,24 @@ import json
 import sys
 import time
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any, Protocol, TextIO
 
 from kiln.config import write_text_atomic
-from kiln.train.metrics import EvalResult
+from kiln.metrics import EvalResult
 
 METRICS_FILE = "metrics.jsonl"
+
+
+class Logger(Protocol):
+    """What a trainer logs to: a RunLogger, or a NullLogger on ranks that write nothing."""
+
+    def log_train(self, step: int, scalars: dict[str, float]) -> None: ...
+
+    def log_eval(self, step: int, result: EvalResult, epoch: int) -> None: ...
+
+    def message(self, text: str) -> None: ...
+
+    def close(self) -> None: ...
 
 
 class RunLogger:

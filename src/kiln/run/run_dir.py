@@ -9,7 +9,7 @@ from typing import Any
 from kiln.config import Config, dump_config, read_yaml
 from kiln.errors import RunDirError
 from kiln.models import versions
-from kiln.train.checkpoint import latest_checkpoint, remove_stale_temporaries
+from kiln.run.checkpoints import latest_checkpoint, remove_stale_temporaries
 
 CONFIG_FILE = "config.yaml"
 

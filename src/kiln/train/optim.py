@@ -8,6 +8,7 @@ import torch
 from torch import nn
 
 from kiln.config import TrainConfig
+from kiln.run.schedule import warmup_steps
 
 
 def make_optimizer(model: nn.Module, cfg: TrainConfig, fused: bool = False) -> torch.optim.AdamW:
@@ -20,10 +21,6 @@ def make_optimizer(model: nn.Module, cfg: TrainConfig, fused: bool = False) -> t
     return torch.optim.AdamW(
         groups, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), fused=fused or None
     )
-
-
-def warmup_steps(cfg: TrainConfig, total_steps: int) -> int:
-    return cfg.warmup_steps if cfg.warmup_steps >= 0 else int(cfg.warmup_ratio * total_steps)
 
 
 def make_scheduler(

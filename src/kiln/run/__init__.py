@@ -1,0 +1,7 @@
+"""What a training run is, whichever framework trains it: progress state and result, the
+divergence error, the run directory and its checkpoints, the metrics logger, the
+eval/checkpoint/early-stop schedule, and the model folder a run ends with."""
+
+from kiln.run.state import TrainingDiverged, TrainResult, TrainState, eval_record, finished_result
+
+__all__ = ["TrainResult", "TrainState", "TrainingDiverged", "eval_record", "finished_result"]
