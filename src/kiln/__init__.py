@@ -2,15 +2,45 @@
 
 The public Python API; everything the `kiln` command does is reachable from Python:
 ``kiln.train.train(kiln.load_config(overrides=[...]))`` trains, ``kiln.evaluate_file`` evaluates.
+
+Names are imported on first use (PEP 562), so importing one corner of kiln (a serve worker, say)
+does not load the others (the training stack).
 """
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
 
 __version__ = "0.1.0"
 
-from kiln.config import Config, load_config  # noqa: E402
-from kiln.errors import ConfigError, DataError, KilnError, RunDirError  # noqa: E402
-from kiln.models import TransformerClassifier, load_model_dir  # noqa: E402
-from kiln.train import EvalResult, TrainResult  # noqa: E402
-from kiln.train.evaluate import evaluate_file  # noqa: E402
+# public name -> the module that defines it
+_EXPORTS = {
+    "Config": "kiln.config",
+    "load_config": "kiln.config",
+    "ConfigError": "kiln.errors",
+    "DataError": "kiln.errors",
+    "KilnError": "kiln.errors",
+    "RunDirError": "kiln.errors",
+    "TransformerClassifier": "kiln.models",
+    "load_model_dir": "kiln.models",
+    "EvalResult": "kiln.metrics",
+    "TrainResult": "kiln.run",
+    "evaluate_file": "kiln.evaluate",
+}
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'kiln' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value  # looked up once
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *_EXPORTS])
+
 
 __all__ = [
     "Config",

@@ -19,7 +19,6 @@ from kiln.cli import (
     triton_cmd,
 )
 from kiln.errors import KilnError
-from kiln.train.loop import TrainingDiverged
 
 SUBCOMMANDS = (train_cmd, run_cmd, eval_cmd, export_cmd, triton_cmd, bench_cmd, serve_cmd,
                profile_cmd)
@@ -43,12 +42,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return int(args.handler(args) or 0)
-    except KilnError as exc:
+    except KilnError as exc:  # bad input (2), or a run that failed for a stated reason
         print(f"kiln {args.command}: error: {exc}", file=sys.stderr)
         return exc.exit_code
-    except TrainingDiverged as exc:
-        print(f"kiln {args.command}: error: {exc}", file=sys.stderr)
-        return 1
     except KeyboardInterrupt:
         print(f"kiln {args.command}: interrupted", file=sys.stderr)
         return 130

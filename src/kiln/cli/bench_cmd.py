@@ -7,7 +7,6 @@ import json
 from pathlib import Path
 from typing import Any
 
-from kiln.bench import BenchSettings, bench_run, format_report
 from kiln.errors import KilnError
 
 HELP = "benchmark every verified artifact of an exported run against eager fp32"
@@ -44,6 +43,8 @@ def add_parser(sub: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from kiln.bench import BenchSettings, bench_run, format_report
+
     if args.url:
         return run_load_test(args)
     if args.run is None:

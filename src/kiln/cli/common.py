@@ -8,7 +8,7 @@ from pathlib import Path
 
 from kiln.config import Config, iter_keys, load_config
 from kiln.errors import ConfigError
-from kiln.train.run_dir import saved_config
+from kiln.run.run_dir import saved_config
 
 
 def config_help() -> str:

@@ -6,9 +6,6 @@ import argparse
 import json
 from typing import Any
 
-from kiln.train import format_confusion
-from kiln.train.evaluate import evaluate_file
-
 HELP = "evaluate a run's model on a labeled CSV/TSV/JSONL file"
 
 
@@ -25,6 +22,9 @@ def add_parser(sub: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from kiln.evaluate import evaluate_file
+    from kiln.metrics import format_confusion
+
     result, names = evaluate_file(args.run, args.data, args.text_column, args.label_column,
                                   args.batch_size)
     if args.json:

@@ -6,7 +6,7 @@ import argparse
 import sys
 from typing import Any
 
-from kiln.export import ARTIFACTS, Tolerance, export_run, format_parity_table
+from kiln.runtime.artifacts import ARTIFACTS
 
 HELP = "export a trained run to verified inference artifacts in RUN/export/"
 
@@ -34,6 +34,8 @@ def add_parser(sub: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from kiln.export import Tolerance, export_run, format_parity_table
+
     report = export_run(
         args.run, artifacts=args.artifacts, calibration_samples=args.calibration_samples,
         tolerance=Tolerance(args.max_accuracy_drop, args.min_agreement),

@@ -6,7 +6,6 @@ import argparse
 from typing import Any
 
 from kiln.cli.common import config_help, resolve_config
-from kiln.train import train
 
 HELP = "profile a few training steps: top operators, data-wait share, a TensorBoard trace"
 
@@ -28,6 +27,8 @@ def add_parser(sub: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from kiln.train import train
+
     settings = list(args.settings)
     given = {s.split("=", 1)[0] for s in settings if "=" in s}
     if "run_dir" not in given:

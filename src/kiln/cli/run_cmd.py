@@ -8,12 +8,8 @@ import os
 from pathlib import Path
 from typing import Any
 
-from kiln.bench import BenchSettings, bench_run
 from kiln.cli.common import add_config_arguments, config_help, resolve_config
 from kiln.cli.launch import add_launch_arguments, launch_training, wants_launch
-from kiln.export import export_run, format_parity_table, triton_run
-from kiln.train import format_confusion, train
-from kiln.train.loop import finished_result
 
 HELP = "the whole path on one config: train, evaluate, export, verify, package, benchmark"
 
@@ -30,6 +26,12 @@ def add_parser(sub: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from kiln.bench import BenchSettings, bench_run
+    from kiln.export import export_run, format_parity_table, triton_run
+    from kiln.metrics import format_confusion
+    from kiln.run import finished_result
+    from kiln.train import train
+
     cfg = resolve_config(args.settings, args.fresh)
     if wants_launch(args):  # training under torchrun, the stages after it here
         code = launch_training(args, cfg.framework)

@@ -7,7 +7,6 @@ from typing import Any
 
 from kiln.cli.common import add_config_arguments, config_help, resolve_config
 from kiln.cli.launch import add_launch_arguments, is_rank_zero, launch_training, wants_launch
-from kiln.train import train
 
 HELP = "train a model into run_dir, resuming from its latest checkpoint"
 
@@ -23,6 +22,8 @@ def add_parser(sub: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from kiln.train import train
+
     cfg = resolve_config(args.settings, args.fresh)  # bad config: exit 2 before any process starts
     if wants_launch(args):
         return launch_training(args, cfg.framework)

@@ -5,8 +5,6 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from kiln.export import triton_run
-
 HELP = "package a run's verified ONNX artifact as a Triton model repository in RUN/triton/"
 
 
@@ -27,6 +25,8 @@ def add_parser(sub: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from kiln.export import triton_run
+
     folder = triton_run(
         args.run, name=args.name, artifact=args.artifact, max_batch_size=args.max_batch_size,
         max_queue_delay_us=args.max_queue_delay_us, instances=args.instances,
