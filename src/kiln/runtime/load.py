@@ -54,9 +54,10 @@ def load_predictor(
     tokenizer = Tokenizer.from_file(str(folder / manifest["tokenizer"]))
     backend = make_backend(folder, manifest, name, threads=threads, allow_failed=allow_failed,
                            spin_wait=spin_wait)
+    kwargs = manifest["model"]["kwargs"]
     return Predictor(backend=backend, tokenizer=tokenizer, label_names=list(manifest["labels"]),
-                     max_length=int(manifest["max_length"]),
-                     pad_id=int(manifest["model"]["kwargs"].get("pad_id", 0)))
+                     max_length=int(manifest["max_length"]), pad_id=int(kwargs.get("pad_id", 0)),
+                     vocab_size=int(kwargs["vocab_size"]) if "vocab_size" in kwargs else None)
 
 
 def _benchmarked_choice(folder: Path, manifest: dict[str, Any]) -> str | None:

@@ -42,6 +42,12 @@ class Predictor:
     label_names: list[str]
     max_length: int
     pad_id: int = 0
+    vocab_size: int | None = None  # token ids must be below it (None: the tokenizer's size)
+
+    @property
+    def vocabulary(self) -> int:
+        """How many token ids the model embeds: valid ids are 0 .. vocabulary - 1."""
+        return self.vocab_size or self.tokenizer.get_vocab_size()
 
     def encode(self, texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
         """Token ids and attention mask, truncated to max_length and padded to the longest text."""

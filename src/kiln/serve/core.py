@@ -47,6 +47,11 @@ class LoadedModel:
         """The most tokens a row may have (for parsing token-id inputs)."""
         return self.predictor.max_length
 
+    @property
+    def vocabulary(self) -> int:
+        """Token ids a row may hold are 0 .. vocabulary - 1 (for parsing token-id inputs)."""
+        return self.predictor.vocabulary
+
 
 @dataclass(frozen=True)
 class InferResult:
