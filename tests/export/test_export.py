@@ -137,6 +137,24 @@ def test_openvino_artifacts_predict_like_the_trained_model(exported_run: Path) -
 
 
 @pytest.mark.skipif(not installed("openvino"), reason="optional extra kiln[openvino] not installed")
+def test_openvino_pads_lengths_to_a_few_shapes_without_changing_the_logits(
+        exported_run: Path) -> None:
+    from kiln.runtime import OpenVinoBackend
+
+    xml = exported_run / "export" / "model.ov.xml"
+    exact = OpenVinoBackend(xml, threads=1)  # no max_length: runs every shape as it comes
+    bucketed = OpenVinoBackend(xml, threads=1, max_length=48, length_bucket=16)
+    rng = np.random.default_rng(0)
+    for length in (1, 5, 16, 17, 40, 48):
+        ids = rng.integers(5, 400, size=(3, length)).astype(np.int64)
+        mask = np.ones_like(ids)
+        mask[0, length // 2 + 1:] = 0  # a shorter row inside the batch too
+        padded = bucketed._bucketed(ids, mask)[0].shape[1]
+        assert padded == min(-(-length // 16) * 16, 48)
+        np.testing.assert_allclose(bucketed.run(ids, mask), exact.run(ids, mask), atol=1e-5)
+
+
+@pytest.mark.skipif(not installed("openvino"), reason="optional extra kiln[openvino] not installed")
 def test_openvino_backends_freed_out_of_order_leave_python_signal_handlers_working(
     exported_run: Path, cli_env: dict[str, str]
 ) -> None:

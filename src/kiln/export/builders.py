@@ -146,7 +146,7 @@ def mixed_openvino_int8(job: BuildJob) -> MixedPrecision | None:
         side = side_file(job.work, "openvino-int8")
         quantize_openvino_int8(fp32_ir, side, job.calibration,
                                fp32_layers=[names[layer] for layer in fp32])
-        return OpenVinoBackend(side)
+        return OpenVinoBackend(side, max_length=int(job.manifest["max_length"]))
 
     # NNCF quantises the same weight MatMuls as ORT's static int8 (per-channel weights,
     # calibrated per-tensor activations), and ranking with ORT's builds is cheaper

@@ -183,7 +183,8 @@ def _build_and_check(job: BuildJob, requested: list[str], evalset: EvalSet,
              for name in with_sources(requested)}
 
     def opened(name: str) -> Backend:
-        return built[name] or open_file(KIND[name].backend, job.path(name))
+        return built[name] or open_file(KIND[name].backend, job.path(name),
+                                        max_length=int(job.manifest["max_length"]))
 
     results = [evalset.check(name, opened(name)) for name in requested]
     results = _fall_back(job, results, evalset, max_fp32_fraction, progress)

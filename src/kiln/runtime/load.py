@@ -102,12 +102,14 @@ def make_backend(folder: Path, manifest: dict[str, Any], name: str, *, threads: 
         from kiln.runtime.tensorflow import KerasBackend
 
         return KerasBackend.from_file(folder / manifest["weights"], threads=threads)
-    return open_file(backend, folder / entry["file"], threads=threads, spin_wait=spin_wait)
+    return open_file(backend, folder / entry["file"], threads=threads, spin_wait=spin_wait,
+                     max_length=int(manifest["max_length"]))
 
 
-def open_file(backend: str, path: Path, *, threads: int | None = None,
-              spin_wait: bool = True) -> Backend:
-    """The backend that runs artifact file (or folder) ``path`` on runtime ``backend``.
+def open_file(backend: str, path: Path, *, threads: int | None = None, spin_wait: bool = True,
+              max_length: int | None = None) -> Backend:
+    """The backend that runs artifact file (or folder) ``path`` on runtime ``backend``
+    (``max_length``: the model's, for backends that pad inputs to a few shapes).
 
     Raises:
         RunDirError: kiln has no such runtime.
@@ -115,7 +117,7 @@ def open_file(backend: str, path: Path, *, threads: int | None = None,
     if backend == "onnxruntime":
         return OrtBackend(path, threads=threads, spin_wait=spin_wait)
     if backend == "openvino":
-        return OpenVinoBackend(path, threads=threads)
+        return OpenVinoBackend(path, threads=threads, max_length=max_length)
     if backend == "tensorrt":
         return TensorRtBackend(path)
     if backend == "tensorflow":
