@@ -13,12 +13,12 @@ from kiln.data import (
     EncodedDataset,
     encode_labels,
     encode_texts,
-    load_tokenizer,
     read_examples,
     sorted_batches,
 )
 from kiln.metrics import EvalResult, cross_entropy_sum, summarize
 from kiln.models import read_manifest, resolve_model_dir
+from kiln.models.package import check_vocabulary
 from kiln.runtime import Backend, make_backend, reference_artifact
 
 
@@ -41,7 +41,7 @@ def evaluate_file(
                         label_column or columns.get("label_column", "label"))
     names = list(manifest["labels"])
     labels = encode_labels(raw, names, path)
-    tokenizer = load_tokenizer(folder / manifest["tokenizer"])
+    tokenizer = check_vocabulary(folder, manifest)
     dataset = EncodedDataset(encode_texts(tokenizer, [e.text for e in raw]), labels)
     pad = int(manifest["model"]["kwargs"].get("pad_id", 0))
     # the trained model itself, in its own framework, through its runtime backend

@@ -24,7 +24,6 @@ from kiln.config import Config, dump_config
 from kiln.data import PreparedData, pad_id, prepare_data
 from kiln.errors import ConfigError
 from kiln.extras import import_keras, keras_versions
-from kiln.files import write_atomic
 from kiln.keras.checkpoint import (
     load_arrays,
     load_keras_checkpoint,
@@ -37,9 +36,10 @@ from kiln.keras.optim import make_optimizer
 from kiln.metrics import EvalResult, cross_entropy_sum, summarize
 from kiln.models import model_kwargs, versions
 from kiln.models.keras_model import build_keras_model, inference_copy, serving_function
+from kiln.run.checkpoints import abandon_start, write_verified_dir
 from kiln.run.logger import RunLogger
 from kiln.run.model_dir import write_model_dir
-from kiln.run.run_dir import CONFIG_FILE, start_run_dir
+from kiln.run.run_dir import CONFIG_FILE, TOKENIZER, start_run_dir
 from kiln.run.schedule import (
     checkpoint_due,
     eval_due,
@@ -105,13 +105,19 @@ def train_keras(cfg: Config, *, fresh: bool = False, progress: bool | None = Non
         ConfigError, DataError, RunDirError: bad config, data or run directory.
         TrainingDiverged: the loss became non-finite.
     """
-    r = _setup(cfg, fresh, progress)
+    try:
+        r = _setup(cfg, fresh, progress)
+    except BaseException:
+        abandon_start(Path(cfg.run_dir))  # a failed start leaves things as they were
+        raise
     _log_start(r)
     fit_start = time.perf_counter()
     try:
         _fit(r, _callbacks(r))
     except BaseException:
         r.log.close()  # a crash or divergence still leaves complete log files
+        if r.writes:
+            abandon_start(r.run_dir)
         raise
     loop_seconds = time.perf_counter() - fit_start - r.outside_steps
     model_dir = r.run_dir / "model"
@@ -237,7 +243,7 @@ def _after_batch(r: KerasRun, running_loss: float) -> None:
     if checkpoint_due(state, tc, updated, end_of_epoch, done) and r.writes:
         save_keras_checkpoint(r.run_dir, state.step, r.model, r.model.optimizer,
                               {"progress": state.state_dict()}, keep=tc.keep_checkpoints,
-                              extra_files=(r.run_dir / CONFIG_FILE,))
+                              extra_files=(r.run_dir / CONFIG_FILE, r.run_dir / TOKENIZER))
     if done or state.stopped_early:
         r.model.stop_training = True
     r.outside_steps += time.perf_counter() - started
@@ -280,8 +286,8 @@ def _evaluate(r: KerasRun) -> None:
     result = r.evaluate()
     r.pending_eval.update({f"val_{k}": v for k, v in result.scalars().items()})
     if record_eval(r.state, result, r.cfg.train, r.log) and r.writes:
-        write_atomic(r.run_dir / "best" / BEST_FILE,
-                     lambda p: save_arrays(p, r.model.get_weights()))
+        write_verified_dir(r.run_dir / "best",
+                           lambda tmp: save_arrays(tmp / BEST_FILE, r.model.get_weights()))
 
 
 def _fit(r: KerasRun, callbacks: list[Any]) -> None:
@@ -344,4 +350,4 @@ def _write_model(r: KerasRun) -> Path:
                            best_file=best_file, write_weights=write_weights,
                            weights_file=MODEL_FILE, framework="keras",
                            training={"keras_policy": s.policy, "strategy": s.strategy_name},
-                           versions=keras_versions())
+                           versions=keras_versions(), report=r.log.message)

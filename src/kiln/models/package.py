@@ -7,7 +7,6 @@ a model from the folder alone.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import platform
@@ -23,7 +22,7 @@ from tokenizers import Tokenizer
 from torch import nn
 
 from kiln.errors import RunDirError
-from kiln.files import replacing_dir
+from kiln.files import file_digest, replacing_dir
 from kiln.models.registry import build_model
 
 MANIFEST = "kiln.json"
@@ -117,15 +116,6 @@ def save_model_files(
     return directory
 
 
-def file_digest(path: Path) -> dict[str, Any]:
-    """sha256 and size of a file."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return {"sha256": h.hexdigest(), "bytes": path.stat().st_size}
-
-
 def read_manifest(directory: Path) -> dict[str, Any]:
     """Read ``kiln.json`` of a model folder.
 
@@ -142,6 +132,25 @@ def read_manifest(directory: Path) -> dict[str, Any]:
     if manifest.get("format") != "kiln-model":
         raise RunDirError(f"{path} is not a kiln manifest (format={manifest.get('format')!r})")
     return manifest
+
+
+def check_vocabulary(directory: Path, manifest: Mapping[str, Any]) -> Tokenizer:
+    """The folder's tokenizer, once it is known to fit the model's vocabulary.
+
+    Raises:
+        RunDirError: it has another number of tokens than the model embeds (a tokenizer of another
+            model), naming both sizes.
+    """
+    path = directory / manifest["tokenizer"]
+    try:
+        tokenizer = Tokenizer.from_file(str(path))
+    except Exception as exc:  # the tokenizers library raises its own exception type
+        raise RunDirError(f"{path} is not a readable tokenizer: {exc}") from None
+    expected = manifest["model"]["kwargs"].get("vocab_size")
+    if expected is not None and tokenizer.get_vocab_size() != int(expected):
+        raise RunDirError(f"{path} has {tokenizer.get_vocab_size()} tokens but the model embeds "
+                          f"{expected}: it is another model's tokenizer")
+    return tokenizer
 
 
 def verify_files(directory: Path, manifest: Mapping[str, Any]) -> None:
@@ -166,11 +175,11 @@ def load_model_dir(directory: str | os.PathLike[str], device: str = "cpu") -> Lo
     if framework != "torch":
         raise RunDirError(f"{d} holds a {framework} model ({manifest['weights']}), not a torch one; "
                           "load it with kiln.runtime.load_predictor (any framework)")
+    tokenizer = check_vocabulary(d, manifest)
     verify_files(d, manifest)
     model = build_model(manifest["model"]["name"], manifest["model"]["kwargs"])
     model.load_state_dict(load_file(str(d / manifest["weights"]), device=device))
     model.to(device).eval()
-    tokenizer = Tokenizer.from_file(str(d / manifest["tokenizer"]))
     return LoadedModel(model=model, tokenizer=tokenizer, manifest=manifest)
 
 

@@ -9,16 +9,20 @@ framework; what goes inside a checkpoint is the trainer's (``kiln.train.checkpoi
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
 from collections.abc import Callable
 from pathlib import Path
 
-from kiln.files import fsync_file, temp_dir, write_text_atomic
+from kiln.errors import RunDirError
+from kiln.files import file_digest, fsync_file, replacing_dir, temp_dir, write_text_atomic
 
 CHECKPOINTS = "checkpoints"
 LATEST = "latest"
+CHECKSUMS = "checksums.json"  # sha256 and size of every other file of a checkpoint, written last
+STARTING = ".starting"  # in a run folder that kiln made, until its first checkpoint is written
 _STEP_DIR = re.compile(r"^step-(\d+)$")
 
 
@@ -47,6 +51,7 @@ def write_checkpoint(
         write(tmp)
         for f in extra_files:
             shutil.copy2(f, tmp / f.name)
+        write_checksums(tmp)
         for f in tmp.iterdir():
             fsync_file(f)
         if final.exists():  # the same step written again after a resume: replace it
@@ -58,7 +63,89 @@ def write_checkpoint(
         raise
     write_text_atomic(root / LATEST, final.name + "\n")
     _rotate(root, keep, protect=final)
+    _settle(run_dir)
     return final
+
+
+def replaced_dir(run_dir: Path) -> Path:
+    """Where a ``--fresh`` start keeps the run it replaces until its own first checkpoint."""
+    return run_dir.parent / f".{run_dir.name}.replaced"
+
+
+def _settle(run_dir: Path) -> None:
+    """After a new run's first checkpoint it no longer needs a way back."""
+    if (run_dir / STARTING).exists():
+        shutil.rmtree(replaced_dir(run_dir), ignore_errors=True)
+        (run_dir / STARTING).unlink()
+
+
+def abandon_start(run_dir: Path) -> None:
+    """Undo a start that failed before its first checkpoint: the folder kiln made for it goes,
+    and the run a ``--fresh`` start replaced comes back as it was. Anything else is kept."""
+    if not (run_dir / STARTING).exists() or list_checkpoints(run_dir):
+        return
+    shutil.rmtree(run_dir)
+    if replaced_dir(run_dir).exists():
+        os.rename(replaced_dir(run_dir), run_dir)
+
+
+def write_checksums(folder: Path) -> None:
+    """Record the sha256 and size of every file in ``folder`` (the last file written to it)."""
+    sums = {p.relative_to(folder).as_posix(): file_digest(p)
+            for p in sorted(folder.rglob("*")) if p.is_file() and p.name != CHECKSUMS}
+    (folder / CHECKSUMS).write_text(json.dumps(sums, indent=1) + "\n", encoding="utf-8")
+
+
+def damage(folder: Path) -> str | None:
+    """What is wrong with ``folder`` against the checksums written with it, or None if intact."""
+    try:
+        sums = json.loads((folder / CHECKSUMS).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return f"{CHECKSUMS} is missing"
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        return f"{CHECKSUMS} is unreadable ({exc})"
+    if not isinstance(sums, dict) or not all(
+            isinstance(v, dict) and {"sha256", "bytes"} <= set(v) for v in sums.values()):
+        return f"{CHECKSUMS} is not a checksum list"
+    for name, expected in sums.items():
+        path = folder / name
+        if not path.is_file():
+            return f"{name} is missing"
+        size = path.stat().st_size
+        if size != expected["bytes"]:
+            return f"{name} has {size} bytes where {expected['bytes']} were written"
+        if file_digest(path)["sha256"] != expected["sha256"]:
+            return f"{name} does not match the sha256 recorded when it was written"
+    return None
+
+
+def write_verified_dir(target: Path, write: Callable[[Path], None]) -> Path:
+    """Write ``target`` through ``write(tmp)`` with the checksums of its files, atomically
+    replacing an older one (for folders that are read back, such as best/)."""
+    with replacing_dir(target) as tmp:
+        write(tmp)
+        write_checksums(tmp)
+    return target
+
+
+def resume_point(run_dir: Path, report: Callable[[str], None] = lambda message: None,
+                 ) -> Path | None:
+    """The newest intact checkpoint of ``run_dir`` (None: it has none yet). Damaged ones are
+    skipped, each reported through ``report`` with the file and what is wrong with it.
+
+    Raises:
+        RunDirError: checkpoints exist but none of them is intact.
+    """
+    candidates = list(reversed(list_checkpoints(run_dir)))
+    for checkpoint in candidates:
+        problem = damage(checkpoint)
+        if problem is None:
+            return checkpoint
+        report(f"checkpoint {checkpoint} is damaged ({problem}); skipped for an older one")
+    if candidates:
+        raise RunDirError(f"{run_dir} has {len(candidates)} checkpoints and none is intact (see "
+                          "above); start over with --fresh, or choose another run_dir")
+    return None
 
 
 def latest_checkpoint(run_dir: Path) -> Path | None:

@@ -18,12 +18,13 @@ def write_model_dir(
     label_names: tuple[str, ...], precision: str, *, best_file: Path,
     write_weights: Callable[[Path, bool], None], weights_file: str = "model.safetensors",
     framework: str = "torch", training: dict[str, Any] | None = None,
-    versions: dict[str, str] | None = None,
+    versions: dict[str, str] | None = None, report: Callable[[str], None] = lambda message: None,
 ) -> Path:
     """Write ``run_dir/model/``: the best weights (by train.metric) or the last ones, as
     train.select says. ``write_weights(path, use_best)`` writes them to ``path``;
-    ``training`` and ``versions`` add framework-specific manifest entries."""
-    use_best = uses_best(cfg.train, state, best_file)
+    ``training`` and ``versions`` add framework-specific manifest entries. Best weights are used
+    only when they pass their checksums (``report`` hears when they do not)."""
+    use_best = uses_best(cfg.train, state, best_file, report)
     manifest = build_manifest(cfg.model.name, kwargs, label_names, cfg.data.max_length,
                               extra=manifest_extra(cfg, run_dir, state, use_best, precision,
                                                    **(training or {})))

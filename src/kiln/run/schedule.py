@@ -3,10 +3,12 @@ evaluation is the best so far, when to stop early, and which weights a run ends 
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 from kiln.config import TrainConfig
 from kiln.metrics import EvalResult
+from kiln.run.checkpoints import damage
 from kiln.run.logger import Logger
 from kiln.run.state import TrainResult, TrainState, eval_record
 
@@ -58,10 +60,18 @@ def record_eval(state: TrainState, result: EvalResult, tc: TrainConfig, log: Log
     return improved
 
 
-def uses_best(tc: TrainConfig, state: TrainState, best_file: Path) -> bool:
+def uses_best(tc: TrainConfig, state: TrainState, best_file: Path,
+              report: Callable[[str], None] = lambda message: None) -> bool:
     """Whether the run ends with its best weights (``train.select=best`` and a best evaluation
-    was kept) rather than its last ones."""
-    return tc.select == "best" and bool(state.best_eval) and best_file.exists()
+    was kept, intact) rather than its last ones; damaged best weights are reported and not used."""
+    if tc.select != "best" or not state.best_eval:
+        return False
+    problem = damage(best_file.parent) if best_file.exists() else f"{best_file.name} is missing"
+    if problem is None:
+        return True
+    report(f"the best weights (step {state.best_step}) in {best_file.parent} cannot be used "
+           f"({problem}); model/ gets the last weights instead")
+    return False
 
 
 def train_result(run_dir: Path, model_dir: Path, state: TrainState, tc: TrainConfig,

@@ -7,11 +7,10 @@ import os
 from pathlib import Path
 from typing import Any
 
-from tokenizers import Tokenizer
-
 from kiln.errors import RunDirError
 from kiln.extras import EXTRAS, install_hint
 from kiln.models import MANIFEST, load_model_dir, read_manifest, verify_files
+from kiln.models.package import check_vocabulary
 from kiln.runtime.artifacts import KIND, reference_artifact, runs_here
 from kiln.runtime.backends import OpenVinoBackend, OrtBackend, TensorRtBackend, TorchBackend
 from kiln.runtime.predictor import Backend, Predictor
@@ -48,10 +47,10 @@ def load_predictor(
     """
     folder = artifact_folder(path)
     manifest = read_manifest(folder)
+    tokenizer = check_vocabulary(folder, manifest)  # before the checksums: it says more
     verify_files(folder, manifest)
     name = (artifact or _benchmarked_choice(folder, manifest)
             or manifest.get("export", {}).get("recommended") or reference_artifact(manifest))
-    tokenizer = Tokenizer.from_file(str(folder / manifest["tokenizer"]))
     backend = make_backend(folder, manifest, name, threads=threads, allow_failed=allow_failed,
                            spin_wait=spin_wait)
     kwargs = manifest["model"]["kwargs"]

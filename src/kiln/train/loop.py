@@ -34,12 +34,11 @@ from kiln.data import (
     prepare_data,
 )
 from kiln.errors import RunDirError
-from kiln.files import write_atomic
 from kiln.models import init_model, model_kwargs
-from kiln.run.checkpoints import latest_checkpoint
+from kiln.run.checkpoints import abandon_start, resume_point, write_verified_dir
 from kiln.run.logger import Logger, NullLogger, RunLogger
 from kiln.run.model_dir import write_model_dir
-from kiln.run.run_dir import CONFIG_FILE, start_run_dir
+from kiln.run.run_dir import CONFIG_FILE, TOKENIZER, start_run_dir
 from kiln.run.schedule import checkpoint_due, eval_due, record_eval, train_result
 from kiln.run.state import TrainingDiverged, TrainResult, TrainState
 from kiln.train.checkpoint import load_checkpoint, save_checkpoint, save_safetensors
@@ -88,6 +87,10 @@ def train_torch(cfg: Config, *, fresh: bool = False, progress: bool | None = Non
     d, device = init_distributed(resolve_device(cfg.train.device))
     try:
         return _train(cfg, d, device, fresh, progress)
+    except BaseException:
+        if d.is_main:  # a start that fails before its first checkpoint leaves things as they were
+            abandon_start(Path(cfg.run_dir))
+        raise
     finally:
         shutdown(d)
 
@@ -165,7 +168,7 @@ def _setup(cfg: Config, d: Dist, device: torch.device, fresh: bool) -> Run:
     data = prepare_data(cfg, run_dir) if d.is_main else None
     barrier(d)
     if not d.is_main:
-        resume_from, data = latest_checkpoint(run_dir), prepare_data(cfg, run_dir)
+        resume_from, data = resume_point(run_dir), prepare_data(cfg, run_dir)
     assert data is not None
     seed_everything(cfg.seed)  # the same initial weights on every rank
     pad = pad_id(data.tokenizer)
@@ -414,7 +417,8 @@ def _evaluate(r: Run) -> None:
     if record_eval(r.state, result, r.tc, r.log):
         weights = full_model_state(r.model)  # a collective: every rank takes part
         if r.d.is_main:
-            write_atomic(r.run_dir / "best" / BEST_FILE, lambda p: save_safetensors(weights, p))
+            write_verified_dir(r.run_dir / "best",
+                               lambda tmp: save_safetensors(weights, tmp / BEST_FILE))
 
 
 def _checkpoint(r: Run) -> None:
@@ -429,7 +433,8 @@ def _checkpoint(r: Run) -> None:
              "rng": rngs[0], "rng_ranks": rngs, "world_size": r.d.world_size,
              "global_batch": r.global_batch,
              "global_micro_batch": r.tc.batch_size * r.d.world_size},
-            keep=r.tc.keep_checkpoints, extra_files=(r.run_dir / CONFIG_FILE,),
+            keep=r.tc.keep_checkpoints,
+            extra_files=(r.run_dir / CONFIG_FILE, r.run_dir / TOKENIZER),
         )
     barrier(r.d)
 
@@ -462,7 +467,7 @@ def _write_model(r: Run, last_weights: dict[str, torch.Tensor]) -> Path:
         save_safetensors(load_file(str(best_file)) if use_best else last_weights, path)
 
     return write_model_dir(r.cfg, r.run_dir, r.state, r.kwargs, r.data.label_names, r.precision,
-                           best_file=best_file, write_weights=write_weights)
+                           best_file=best_file, write_weights=write_weights, report=r.log.message)
 
 
 def _adapt_position(
