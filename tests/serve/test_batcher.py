@@ -1,11 +1,12 @@
 """The batching policy as a pure function of the waiting requests and the clock."""
 
 import asyncio
+import threading
 
 import numpy as np
 import pytest
 
-from kiln.serve.batcher import Batcher, Pending, QueueFull, take_batch
+from kiln.serve.batcher import Batcher, Pending, QueueFull, TooLarge, run_isolated, take_batch
 
 
 def pending(rows: int, length: int, enqueued: float) -> Pending:
@@ -46,7 +47,7 @@ def test_failing_batch_fails_only_its_requests_and_full_queue_is_refused() -> No
         ok = await asyncio.gather(*(batcher.submit([[1, 2, 3]]) for _ in range(4)))
         assert all(r.shape == (1, 2) for r in ok)
         assert any(n > 1 for n in calls), "requests were not batched together"
-        with pytest.raises(QueueFull):
+        with pytest.raises(TooLarge, match="at most 6"):  # could never fit: not a retry-later
             await batcher.submit([[1]] * 7)
         await batcher.stop()
 
@@ -71,3 +72,43 @@ def test_a_request_that_times_out_leaves_the_queue_and_is_never_computed() -> No
 
     asyncio.run(scenario())
     assert [7, 7] not in computed
+
+
+def test_a_failing_request_fails_alone_and_its_batch_mates_get_their_results() -> None:
+    def run(rows: list[list[int]]) -> list[int]:
+        if any(666 in r for r in rows):
+            raise ValueError("token 666")
+        return [sum(r) for r in rows]
+
+    requests = [[[1]], [[2, 2]], [[666]], [[3], [4]], [[5]]]
+    results = run_isolated(run, requests)
+    assert isinstance(results[2], ValueError)
+    assert [results[i] for i in (0, 1, 3, 4)] == [[1], [4], [3, 4], [5]]
+
+
+def test_a_full_queue_is_refused_with_a_retry_after_from_the_measured_rate() -> None:
+    release = threading.Event()
+
+    def run(rows: list[list[int]]) -> list[int]:
+        release.wait(5)
+        return [0] * len(rows)
+
+    async def scenario() -> None:
+        batcher = Batcher(run, max_batch_size=2, max_delay_ms=0, max_queue_size=4)
+        batcher.seconds_per_row = 0.5  # as if measured
+        first = asyncio.ensure_future(batcher.submit([[1], [1]]))  # runs, blocked
+        await asyncio.sleep(0.01)
+        # room in the queue, but the 2 rows running and this one take 1.5 s, over its timeout
+        with pytest.raises(QueueFull, match="longer than the request's timeout") as late:
+            await batcher.submit([[1]], timeout_s=1.0)
+        assert late.value.retry_after_s == pytest.approx(1.5)
+        queued = asyncio.ensure_future(batcher.submit([[1]] * 4))  # waits: the queue is full
+        await asyncio.sleep(0.01)
+        with pytest.raises(QueueFull, match="queue full") as full:
+            await batcher.submit([[1]])
+        assert full.value.retry_after_s == pytest.approx((2 + 4 + 1) * 0.5)
+        release.set()
+        await asyncio.gather(first, queued)
+        await batcher.stop()
+
+    asyncio.run(scenario())

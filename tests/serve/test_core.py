@@ -10,7 +10,15 @@ from typing import Any, TypeVar
 import pytest
 
 from kiln.serve import InferenceCore, ServeSettings, discover_models
-from kiln.serve.errors import NotFound, Overloaded, ServeError, TimedOut, Unauthorized, Unavailable
+from kiln.serve.errors import (
+    NotFound,
+    Overloaded,
+    ServeError,
+    TimedOut,
+    TooLarge,
+    Unauthorized,
+    Unavailable,
+)
 from kiln.serve.protocol import OUTPUTS, InferRequest
 
 T = TypeVar("T")
@@ -112,11 +120,28 @@ def test_an_unknown_model_or_version_is_not_found(running: Running, name: str,
 @pytest.mark.parametrize("authorization", [None, "Bearer wrong", "s3cret"])
 def test_a_missing_or_wrong_api_key_is_unauthorized(running: Running,
                                                     authorization: str | None) -> None:
-    before = requests(running.core, "bad_request", version="")
+    before = requests(running.core, "bad_request")
     with pytest.raises(Unauthorized, match="missing or wrong API key") as refused:
         running(running.core.infer("clf", texts("hello"), authorization=authorization))
     assert refused.value.status == 401
-    assert requests(running.core, "bad_request", version="") == before + 1
+    assert requests(running.core, "bad_request") == before + 1  # the version it would have got
+
+
+def test_requests_for_models_not_served_add_no_metric_series(running: Running) -> None:
+    def series() -> int:
+        return sum(len(family.samples) for family in running.core.metrics.registry.collect())
+
+    for name in ("x1", "x2", "clf"):  # an unknown name, or a known one with an unknown version
+        with pytest.raises(ServeError):
+            running(running.core.infer(name, texts("hello"), "9" if name == "clf" else None))
+    before = series()
+    for i in range(50):
+        with pytest.raises(ServeError):
+            running(running.core.infer(f"random-{i}", texts("hello"), str(i)))
+    assert series() == before
+    value = running.core.metrics.registry.get_sample_value(
+        "kiln_requests_total", {"model": "", "version": "", "outcome": "bad_request"})
+    assert value is not None and value >= 53
 
 
 def test_a_full_queue_rejects_and_a_late_answer_times_out(exported_run: Path) -> None:
@@ -127,12 +152,24 @@ def test_a_full_queue_rejects_and_a_late_answer_times_out(exported_run: Path) ->
     core = run.core
     try:
         run(core.start())
-        with pytest.raises(Overloaded) as full:
+        with pytest.raises(TooLarge, match="at most 2") as never:  # no retry can help
             run(core.infer("clf", texts("a", "b", "c")))
-        assert full.value.status == 503 and full.value.headers == {"retry-after": "1"}
+        assert never.value.status == 413
         with pytest.raises(TimedOut) as late:
             run(core.infer("clf", texts("hello", timeout_s=0.05)))
         assert late.value.status == 504
+
+        async def queue_full() -> None:
+            waiting = asyncio.ensure_future(core.infer("clf", texts("a", "b")))  # fills the queue
+            await asyncio.sleep(0.05)
+            try:
+                with pytest.raises(Overloaded) as full:
+                    await core.infer("clf", texts("c"))
+                assert full.value.status == 503 and full.value.headers == {"retry-after": "1"}
+            finally:
+                waiting.cancel()
+
+        run(queue_full())
         assert (requests(core, "rejected"), requests(core, "timeout")) == (1, 1)
         gauge = core.metrics.registry.get_sample_value("kiln_inflight_requests", {"model": "clf"})
         assert gauge == 0

@@ -1,8 +1,13 @@
 """Nothing lost, nothing silently wrong: damaged checkpoints and best weights are found by their
 checksums and never loaded; a resume falls back to the newest intact checkpoint."""
 
+import os
 import pickle
+import random
 import shutil
+import subprocess
+import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -118,3 +123,42 @@ def test_another_runs_tokenizer_is_refused_on_resume(small_dataset: tuple[Path, 
     with pytest.raises(RunDirError, match=r"tokenizer.json \(\d+ tokens\) is not the tokenizer"):
         train(load_config(overrides=tiny_overrides(*small_dataset, run, **{
             **RESUME_SETTINGS, "train.epochs": 3})), progress=False)
+
+
+@pytest.fixture(scope="module")
+def cli_reference(small_dataset: tuple[Path, Path], tmp_path_factory: pytest.TempPathFactory,
+                  ) -> Path:
+    """An uninterrupted run of KILL_SETTINGS through the CLI."""
+    run = tmp_path_factory.mktemp("uninterrupted") / "run"
+    subprocess.run([sys.executable, "-m", "kiln", "train",
+                    *tiny_overrides(*small_dataset, run, **KILL_SETTINGS)], check=True,
+                   env=dict(os.environ, OMP_NUM_THREADS="1"), capture_output=True)
+    return run
+
+
+# a checkpoint after every step: most moments of the run are in or next to a checkpoint write
+KILL_SETTINGS = {**RESUME_SETTINGS, "train.checkpoint_every": 1, "train.keep_checkpoints": 3,
+                 "train.max_steps": 30}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("seed", [1, 2, 3])
+def test_sigkill_at_a_random_moment_then_resume_ends_bit_identical(
+        seed: int, cli_reference: Path, small_dataset: tuple[Path, Path], tmp_path: Path,
+        cli_env: dict[str, str]) -> None:
+    run = tmp_path / "run"
+    cmd = [sys.executable, "-m", "kiln", "train", *tiny_overrides(*small_dataset, run,
+                                                                  **KILL_SETTINGS)]
+    proc = subprocess.Popen(cmd, env=cli_env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    # from the first checkpoint on, a moment drawn by the seed within the next 30 steps' writes
+    deadline = time.monotonic() + 120
+    while not list_checkpoints(run) and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.005)
+    time.sleep(random.Random(seed).uniform(0.0, 1.5))
+    proc.kill()
+    proc.wait()
+    done = subprocess.run(cmd, env=cli_env, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert same_bits(run / "model" / "model.safetensors",
+                     cli_reference / "model" / "model.safetensors")

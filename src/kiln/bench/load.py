@@ -55,7 +55,7 @@ def run_load(url: str, texts: Sequence[str], settings: LoadSettings) -> dict[str
         latencies, statuses, elapsed = uvloop.run(run)
     except ImportError:
         latencies, statuses, elapsed = asyncio.run(run)
-    ms = 1e3 * np.asarray(latencies) if latencies else np.zeros(1)
+    ms = 1e3 * np.asarray(latencies.get("200", [])) if latencies.get("200") else np.zeros(1)
     ok = statuses.get("200", 0)
     return {
         "url": url, "model": settings.model, "mode": "closed" if settings.rate is None else "poisson",
@@ -65,13 +65,22 @@ def run_load(url: str, texts: Sequence[str], settings: LoadSettings) -> dict[str
         "requests_per_s": ok / elapsed, "texts_per_s": ok * settings.texts_per_request / elapsed,
         "latency_ms": {"p50": float(np.percentile(ms, 50)), "p95": float(np.percentile(ms, 95)),
                        "p99": float(np.percentile(ms, 99)), "mean": float(ms.mean())},
+        # how fast the other answers came (503s under overload should come at once)
+        "latency_ms_by_status": {status: _percentiles(times) for status, times in latencies.items()
+                                 if status != "200"},
     }
+
+
+def _percentiles(seconds: list[float]) -> dict[str, float]:
+    ms = 1e3 * np.asarray(seconds)
+    return {"p50": float(np.percentile(ms, 50)), "p99": float(np.percentile(ms, 99)),
+            "max": float(ms.max())}
 
 
 async def _drive(
     host: str, port: int, requests: list[bytes], settings: LoadSettings, rng: random.Random
-) -> tuple[list[float], Counter[str], float]:
-    latencies: list[float] = []
+) -> tuple[dict[str, list[float]], Counter[str], float]:
+    latencies: dict[str, list[float]] = {}  # seconds, by status
     statuses: Counter[str] = Counter()
     idle: list[_Connection] = []  # open keep-alive connections not in use
 
@@ -92,8 +101,7 @@ async def _drive(
             conn = None
         elapsed = time.perf_counter() - start
         statuses[status] += 1
-        if status == "200":
-            latencies.append(elapsed)
+        latencies.setdefault(status, []).append(elapsed)
         if conn is not None and conn.reusable:
             idle.append(conn)
         elif conn is not None:

@@ -49,7 +49,7 @@ class RestAdapter:
                                      headers.get("authorization")) as model:
             body = await request.body(self.core.settings.max_request_bytes)
             parsed = parse_infer_request(body, headers.get("inference-header-content-length"),
-                                         model.max_length)
+                                         model.max_length, vocabulary=model.vocabulary)
             result = await self.core.predict(model, parsed)
             payload, reply_headers = build_infer_response(
                 result.model, result.version, parsed, result.logits, result.probabilities,

@@ -23,7 +23,15 @@ Row = Any  # whatever ``run`` takes: a text, or a list of token ids
 
 
 class QueueFull(Exception):
-    """The queue is at its limit: the caller should answer 503 with Retry-After."""
+    """The queue cannot take the request now: the caller should answer 503 with Retry-After."""
+
+    def __init__(self, message: str, retry_after_s: float = 1.0) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s  # when trying again has a fair chance
+
+
+class TooLarge(Exception):
+    """The request has more rows than the queue can ever hold: retrying cannot help."""
 
 
 @dataclass(eq=False)
@@ -70,18 +78,23 @@ class Batcher:
     def __init__(
         self, run: Callable[[list[Row]], Sequence[Any]], *, length: Callable[[Row], int] = len,
         max_batch_size: int = 32, max_delay_ms: float = 2.0, max_queue_size: int = 256,
-        instances: int = 1, on_batch: Callable[[int, float, float], None] | None = None,
+        instances: int = 1,
+        on_batch: Callable[[int, list[float], float], None] | None = None,
     ) -> None:
         self.run = run
         self.length = length
         self.max_batch_size = max_batch_size
         self.max_delay_s = max_delay_ms / 1000.0
         self.max_queue_size = max_queue_size
-        self.on_batch = on_batch  # (batch size, queue seconds of the oldest, compute seconds)
+        # (rows, seconds each request waited in the queue, compute seconds), once per batch
+        self.on_batch = on_batch
         self.waiting: list[Pending] = []
         self.queued_rows = 0
+        self._instances = instances
         self._free = instances  # model instances not running a batch
-        self._running: set[asyncio.Future[Sequence[Any]]] = set()
+        self._running_rows = 0
+        self.seconds_per_row = 0.0  # compute time per row, a moving average over batches
+        self._running: set[asyncio.Future[Any]] = set()
         self._due: asyncio.TimerHandle | None = None  # wakes the batcher when the oldest is due
         self._pool = ThreadPoolExecutor(max_workers=instances, thread_name_prefix="kiln-infer")
 
@@ -101,11 +114,11 @@ class Batcher:
         """Queue ``rows`` and wait for their result rows.
 
         Raises:
-            QueueFull: the queue already holds max_queue_size rows.
+            TooLarge: more rows than max_queue_size.
+            QueueFull: the queue is full, or the rows ahead would take longer than ``timeout_s``.
             asyncio.TimeoutError: no result within ``timeout_s`` (the request leaves the queue).
         """
-        if self.queued_rows + len(rows) > self.max_queue_size:
-            raise QueueFull(f"queue full ({self.queued_rows} rows waiting)")
+        self._admit(len(rows), timeout_s)
         loop = asyncio.get_running_loop()
         pending = Pending(rows, time.monotonic(), loop.create_future(),
                           max(map(self.length, rows), default=1))
@@ -118,6 +131,29 @@ class Batcher:
         finally:
             if expiry is not None:
                 expiry.cancel()
+
+    def _admit(self, rows: int, timeout_s: float | None) -> None:
+        """Refuse at once what cannot be answered in time, rather than after a wait.
+
+        Raises:
+            TooLarge, QueueFull: see `submit`.
+        """
+        if rows > self.max_queue_size:
+            raise TooLarge(f"{rows} rows in one request; the queue holds at most "
+                           f"{self.max_queue_size} (--max-queue-size): send fewer per request")
+        if self.queued_rows + rows > self.max_queue_size:
+            raise QueueFull(f"queue full ({self.queued_rows} rows waiting)",
+                            self.estimated_wait_s(rows))
+        wait = self.estimated_wait_s(rows)
+        if timeout_s is not None and wait > timeout_s:
+            raise QueueFull(f"{self.queued_rows} rows waiting would take about {wait:.1f} s, "
+                            f"longer than the request's timeout of {timeout_s:g} s", wait)
+
+    def estimated_wait_s(self, rows: int = 0) -> float:
+        """How long ``rows`` more would wait for their results, from the measured time per row
+        (0 before any batch has run)."""
+        ahead = self.queued_rows + self._running_rows + rows
+        return ahead * self.seconds_per_row / self._instances
 
     def _expire(self, pending: Pending) -> None:
         if pending.future.done():
@@ -150,27 +186,54 @@ class Batcher:
 
     def _start(self, batch: list[Pending]) -> None:
         started = time.monotonic()
-        rows = [r for p in batch for r in p.rows]
-        running = asyncio.get_running_loop().run_in_executor(self._pool, self.run, rows)
+        rows = sum(len(p.rows) for p in batch)
+        self._running_rows += rows
+        running = asyncio.get_running_loop().run_in_executor(
+            self._pool, run_isolated, self.run, [p.rows for p in batch])
         self._running.add(running)
 
-        def finished(done: asyncio.Future[Sequence[Any]]) -> None:
+        def finished(done: asyncio.Future[list[Sequence[Any] | Exception]]) -> None:
             self._running.discard(done)
             self._free += 1
-            exc = done.exception()
-            if exc is not None:  # a failing batch fails only its own requests
-                for p in batch:
-                    if not p.future.done():
-                        p.future.set_exception(exc)
-            else:
-                result, offset = done.result(), 0
-                for p in batch:
-                    if not p.future.done():  # the client may have timed out
-                        p.future.set_result(result[offset:offset + len(p.rows)])
-                    offset += len(p.rows)
-                if self.on_batch is not None:
-                    self.on_batch(len(rows), started - min(p.enqueued for p in batch),
-                                  time.monotonic() - started)
+            self._running_rows -= rows
+            compute = time.monotonic() - started
+            results = done.result()
+            for p, result in zip(batch, results):
+                if p.future.done():  # the client timed out
+                    continue
+                if isinstance(result, Exception):  # a failing request fails alone
+                    p.future.set_exception(result)
+                else:
+                    p.future.set_result(result)
+            if not any(isinstance(r, Exception) for r in results):
+                per_row = compute / max(rows, 1)
+                self.seconds_per_row = per_row if not self.seconds_per_row else (
+                    0.8 * self.seconds_per_row + 0.2 * per_row)
+            if self.on_batch is not None:
+                self.on_batch(rows, [started - p.enqueued for p in batch], compute)
             self._dispatch()
 
         running.add_done_callback(finished)
+
+
+def run_isolated(run: Callable[[list[Row]], Sequence[Any]],
+                 requests: list[list[Row]]) -> list[Sequence[Any] | Exception]:
+    """``run`` over the rows of several requests as one batch, split into each request's result
+    rows. When the batch fails, its halves are run again, down to single requests, so the
+    requests that make it fail get their exception and every other one its result."""
+    try:
+        result = run([row for rows in requests for row in rows])
+        if len(result) != sum(len(rows) for rows in requests):
+            raise RuntimeError(f"the model returned {len(result)} results for "
+                               f"{sum(len(rows) for rows in requests)} rows")
+    except Exception as exc:  # noqa: BLE001 - whatever the model raised belongs to some request
+        if len(requests) == 1:
+            return [exc]
+        half = len(requests) // 2
+        return run_isolated(run, requests[:half]) + run_isolated(run, requests[half:])
+    out: list[Sequence[Any] | Exception] = []
+    offset = 0
+    for rows in requests:
+        out.append(result[offset:offset + len(rows)])
+        offset += len(rows)
+    return out

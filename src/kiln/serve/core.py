@@ -23,7 +23,16 @@ from prometheus_client.multiprocess import MultiProcessCollector
 import kiln
 from kiln.runtime import Predictor, load_predictor, pad_batch, softmax
 from kiln.serve.batcher import Batcher, QueueFull
-from kiln.serve.errors import NotFound, Overloaded, ServeError, TimedOut, Unauthorized, Unavailable
+from kiln.serve.batcher import TooLarge as TooManyRows
+from kiln.serve.errors import (
+    NotFound,
+    Overloaded,
+    ServeError,
+    TimedOut,
+    TooLarge,
+    Unauthorized,
+    Unavailable,
+)
 from kiln.serve.metrics import ModelMetrics, make_metrics, model_metrics
 from kiln.serve.protocol import InferRequest
 from kiln.serve.repository import Repository, latest_version
@@ -124,12 +133,14 @@ class InferenceCore:
     answer: `Unauthorized`, `NotFound`, `Unavailable`, `Overloaded`, `TimedOut`.
     """
 
-    def __init__(self, repository: Repository, settings: ServeSettings = ServeSettings()) -> None:
+    def __init__(self, repository: Repository, settings: ServeSettings = ServeSettings(),
+                 peers_ready: Callable[[], bool] = lambda: True) -> None:
         self.repository = repository
         self.settings = settings
         self.metrics = make_metrics()
         self.models: dict[tuple[str, str], LoadedModel] = {}
         self._ready = False
+        self._peers_ready = peers_ready  # the other worker processes' say (see serve/server.py)
 
     @property
     def live(self) -> bool:
@@ -138,8 +149,8 @@ class InferenceCore:
 
     @property
     def ready(self) -> bool:
-        """Every model is loaded and the server is not shutting down."""
-        return self._ready
+        """Every model is loaded, the server is not shutting down, and ``peers_ready`` agrees."""
+        return self._ready and self._peers_ready()
 
     async def start(self) -> None:
         """Load and warm up every model version, then become ready.
@@ -238,37 +249,50 @@ class InferenceCore:
             Unauthorized, NotFound, Unavailable: as `check_api_key` and `model`.
         """
         started, model = time.monotonic(), None
-        label_version = version or ""
+        # metric labels name served models only: anything else a client sends is one series
+        labels = self._served_labels(name, version)
         try:
             self.check_api_key(authorization)
             model = self.model(name, version)
-            label_version = model.version
             model.metrics.inflight.inc()
             yield model
         except BaseException as exc:
-            self.metrics.requests.labels(name, label_version, outcome_of(exc)).inc()
+            self.metrics.requests.labels(*labels, outcome_of(exc)).inc()
             raise
         else:
-            self.metrics.requests.labels(name, label_version, "success").inc()
+            self.metrics.requests.labels(*labels, "success").inc()
         finally:
             if model is not None:
                 model.metrics.inflight.dec()
                 model.metrics.request_seconds.observe(time.monotonic() - started)
                 model.metrics.queue_depth.set(model.batcher.queued_rows)
 
+    def _served_labels(self, name: str, version: str | None) -> tuple[str, str]:
+        """(model, version) metric labels of a request: the served model and version it goes to,
+        or ("", "") for a name or version that is not served."""
+        versions = self.repository.get(name)
+        if versions is None:
+            return "", ""
+        version = version or latest_version(versions)
+        return (name, version) if version in versions else ("", "")
+
     async def predict(self, model: LoadedModel, request: InferRequest) -> InferResult:
         """Run ``request`` on ``model`` through its batcher (inside `request`, for the metrics).
 
         Raises:
-            Overloaded: the queue is full (503, retry after 1 s).
+            TooLarge: more rows than the queue can ever hold (413).
+            Overloaded: the queue is full, or would not reach the request within its timeout
+                (503, with the estimated wait as Retry-After).
             TimedOut: no result within the request's (or the server's) timeout.
         """
         rows: list[Any] = (request.input_ids if request.input_ids is not None
                            else list(request.texts or []))
         try:
             out = await model.batcher.submit(rows, request.timeout_s or self.settings.timeout_s)
+        except TooManyRows as exc:
+            raise TooLarge(str(exc)) from None
         except QueueFull as exc:
-            raise Overloaded(f"server busy: {exc}; retry later") from None
+            raise Overloaded(f"server busy: {exc}; retry later", exc.retry_after_s) from None
         except asyncio.TimeoutError:
             raise TimedOut("request timed out") from None
         logits, probabilities, best = zip(*out)
@@ -292,10 +316,12 @@ class InferenceCore:
         return generate_latest(registry)
 
 
-def _batch_observer(series: ModelMetrics) -> Callable[[int, float, float], None]:
-    def on_batch(size: int, queued: float, compute: float) -> None:
-        series.batch_size.observe(size)
-        series.queue_seconds.observe(queued)
-        series.compute_seconds.observe(compute)
+def _batch_observer(series: ModelMetrics) -> Callable[[int, list[float], float], None]:
+    def on_batch(rows: int, queue_waits: list[float], compute: float) -> None:
+        series.batch_size.observe(rows)
+        series.batch_compute_seconds.observe(compute)
+        for waited in queue_waits:  # one observation per request, as Triton counts them
+            series.queue_seconds.observe(waited)
+            series.compute_seconds.observe(compute)
 
     return on_batch

@@ -7,6 +7,7 @@ status to its own codes (404 -> NOT_FOUND, 503 -> UNAVAILABLE, ...).
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 
 
@@ -47,10 +48,17 @@ class Unavailable(ServeError):
 
 
 class Overloaded(Unavailable):
-    """The batching queue is full: the client should retry in a second."""
+    """The batching queue cannot take the request in time: the client should retry after
+    ``retry_after_s`` (whole seconds in the Retry-After header, at least 1)."""
 
-    def __init__(self, message: str) -> None:
-        super().__init__(message, headers={"retry-after": "1"})
+    def __init__(self, message: str, retry_after_s: float = 1.0) -> None:
+        super().__init__(message, headers={"retry-after": str(max(1, math.ceil(retry_after_s)))})
+
+
+class TooLarge(ServeError):
+    """The request is larger than the server will ever take: retrying it cannot help."""
+
+    status = 413
 
 
 class TimedOut(ServeError):

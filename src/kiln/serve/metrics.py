@@ -6,6 +6,7 @@
 | kiln_request_duration_seconds | nv_inference_request_duration_us |
 | kiln_queue_duration_seconds | nv_inference_queue_duration_us |
 | kiln_compute_duration_seconds | nv_inference_compute_infer_duration_us |
+| kiln_batch_compute_duration_seconds | (per batch; Triton reports compute per request only) |
 | kiln_batch_size | nv_inference_exec_count vs nv_inference_count (batch size = count/exec) |
 | kiln_queue_depth, kiln_inflight_requests | nv_inference_pending_request_count |
 | kiln_model_load_seconds | (model load time in Triton's log) |
@@ -28,6 +29,7 @@ class ServerMetrics:
     request_seconds: Histogram
     queue_seconds: Histogram
     compute_seconds: Histogram
+    batch_compute_seconds: Histogram
     batch_size: Histogram
     queue_depth: Gauge
     inflight: Gauge
@@ -42,10 +44,15 @@ def make_metrics() -> ServerMetrics:
                          ["model", "version", "outcome"], registry=r),
         request_seconds=Histogram("kiln_request_duration_seconds", "Request time, end to end",
                                   ["model"], buckets=LATENCY_BUCKETS, registry=r),
-        queue_seconds=Histogram("kiln_queue_duration_seconds", "Wait in the batching queue",
-                                ["model"], buckets=LATENCY_BUCKETS, registry=r),
-        compute_seconds=Histogram("kiln_compute_duration_seconds", "Model time per batch",
+        queue_seconds=Histogram("kiln_queue_duration_seconds",
+                                "Wait in the batching queue, per request", ["model"],
+                                buckets=LATENCY_BUCKETS, registry=r),
+        compute_seconds=Histogram("kiln_compute_duration_seconds",
+                                  "Model time of the batch that ran the request, per request",
                                   ["model"], buckets=LATENCY_BUCKETS, registry=r),
+        batch_compute_seconds=Histogram("kiln_batch_compute_duration_seconds",
+                                        "Model time per executed batch", ["model"],
+                                        buckets=LATENCY_BUCKETS, registry=r),
         batch_size=Histogram("kiln_batch_size", "Rows per executed batch", ["model"],
                              buckets=BATCH_BUCKETS, registry=r),
         # with several worker processes: the live workers' sum, and the slowest load
@@ -65,6 +72,7 @@ class ModelMetrics:
     request_seconds: Histogram
     queue_seconds: Histogram
     compute_seconds: Histogram
+    batch_compute_seconds: Histogram
     batch_size: Histogram
     queue_depth: Gauge
     inflight: Gauge
@@ -75,6 +83,8 @@ def model_metrics(metrics: ServerMetrics, model: str) -> ModelMetrics:
     m = metrics
     return ModelMetrics(
         request_seconds=m.request_seconds.labels(model), queue_seconds=m.queue_seconds.labels(model),
-        compute_seconds=m.compute_seconds.labels(model), batch_size=m.batch_size.labels(model),
+        compute_seconds=m.compute_seconds.labels(model),
+        batch_compute_seconds=m.batch_compute_seconds.labels(model),
+        batch_size=m.batch_size.labels(model),
         queue_depth=m.queue_depth.labels(model), inflight=m.inflight.labels(model),
         load_seconds=m.load_seconds.labels(model))
