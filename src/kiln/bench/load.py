@@ -87,18 +87,8 @@ async def _drive(
     async def send(i: int) -> None:
         conn = idle.pop() if idle else None
         start = time.perf_counter()
-        try:
-            if conn is None:
-                _, conn = await asyncio.wait_for(
-                    asyncio.get_running_loop().create_connection(_Connection, host, port),
-                    settings.timeout_s)
-            assert conn is not None
-            status = str(await conn.send(requests[i % len(requests)], settings.timeout_s))
-        except (OSError, asyncio.TimeoutError, httptools.HttpParserError) as exc:
-            status = type(exc).__name__
-            if conn is not None:
-                conn.close()
-            conn = None
+        status, conn = await _exchange(conn, host, port, requests[i % len(requests)],
+                                       settings.timeout_s)
         elapsed = time.perf_counter() - start
         statuses[status] += 1
         latencies.setdefault(status, []).append(elapsed)
@@ -137,6 +127,34 @@ async def _drive(
     return latencies, statuses, elapsed
 
 
+async def _exchange(conn: _Connection | None, host: str, port: int, request: bytes,
+                    timeout_s: float) -> tuple[str, _Connection | None]:
+    """Send ``request`` on ``conn`` (a kept-alive one, or None for a new one): the status (or the
+    error's name) and the connection, if still usable.
+
+    A kept-alive connection that the server closed (its idle timeout) just as the request went
+    out has answered nothing: the request is sent again on a new connection, as HTTP clients do,
+    instead of being counted as a failure of the server.
+    """
+    for reused in (conn is not None, False):
+        try:
+            if conn is None:
+                _, conn = await asyncio.wait_for(
+                    asyncio.get_running_loop().create_connection(_Connection, host, port),
+                    timeout_s)
+            assert conn is not None
+            return str(await conn.send(request, timeout_s)), conn
+        except (OSError, asyncio.TimeoutError, httptools.HttpParserError) as exc:
+            stale = (reused and isinstance(exc, ConnectionResetError) and conn is not None
+                     and not conn.answered_any)
+            if conn is not None:
+                conn.close()
+            conn = None
+            if not stale:
+                return type(exc).__name__, None
+    raise AssertionError("unreachable: the second try is never on a reused connection")
+
+
 class _Connection(asyncio.Protocol):
     """One HTTP/1.1 keep-alive connection: sends a pre-built request, reads one response.
 
@@ -150,11 +168,13 @@ class _Connection(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self.answer: asyncio.Future[int] | None = None
         self.reusable = True
+        self.answered_any = False  # bytes of a response to the request in flight arrived
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)  # uvloop's is not a subclass
 
     def data_received(self, data: bytes) -> None:
+        self.answered_any = True
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserError as exc:
@@ -181,6 +201,7 @@ class _Connection(asyncio.Protocol):
             asyncio.TimeoutError: no whole response within ``timeout_s``.
             OSError: the connection broke.
         """
+        self.answered_any = False
         if self.transport is None or self.transport.is_closing():
             raise ConnectionResetError("connection is closed")
         loop = asyncio.get_running_loop()

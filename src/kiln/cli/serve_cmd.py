@@ -33,13 +33,35 @@ def add_parser(sub: Any) -> None:
                         help="batches run at once in each worker (default 1)")
     parser.add_argument("--workers", type=int, default=1,
                         help="server processes sharing the port, each with its own batcher and "
-                        "model copy; queue limits apply per worker (default 1)")
+                        "model copy; queue limits apply per worker; a worker that dies is "
+                        "restarted (default 1)")
     parser.add_argument("--timeout", type=float, default=30.0, help="per-request seconds (default 30)")
     parser.add_argument("--max-request-bytes", type=int, default=4 * 1024 * 1024)
     parser.add_argument("--threads", type=int, help="CPU threads per model instance")
     parser.add_argument("--spin-wait", action="store_true",
                         help="let idle ONNX Runtime threads spin for the next batch (lower "
                         "latency on a machine with cores to spare; default: they sleep)")
+    conn = parser.add_argument_group(
+        "connections", "slow or idle clients get timed out, so they cannot hold the server's "
+        "sockets (a client that started a request gets 408 Request Timeout)")
+    conn.add_argument("--header-timeout", type=float, default=10.0, metavar="S",
+                      help="seconds to send the request line and headers, from the connection's "
+                      "opening or the request's first byte (nginx client_header_timeout, Go "
+                      "ReadHeaderTimeout; default 10)")
+    conn.add_argument("--body-timeout", type=float, default=10.0, metavar="S",
+                      help="longest pause between two pieces of a request body (nginx "
+                      "client_body_timeout; default 10)")
+    conn.add_argument("--read-timeout", type=float, default=60.0, metavar="S",
+                      help="seconds to send a whole request, headers and body (Go ReadTimeout; "
+                      "default 60)")
+    conn.add_argument("--timeout-keep-alive", type=float, default=75.0, metavar="S",
+                      help="close a kept-alive connection idle this long after a response "
+                      "(uvicorn's --timeout-keep-alive; default 75, as nginx). Keep it above the "
+                      "idle timeout of your clients' or proxy's pooled connections: a client that "
+                      "reuses one just as the server closes it loses that request")
+    conn.add_argument("--max-connections", type=int, default=1000, metavar="N",
+                      help="open connections per worker; requests on more get 503 (uvicorn's "
+                      "--limit-concurrency; default 1000)")
     parser.add_argument("--api-key", default=os.environ.get("KILN_API_KEY"),
                         help="require 'Authorization: Bearer KEY' (default: $KILN_API_KEY); "
                         "required when --host is not local")
@@ -53,15 +75,22 @@ def run(args: argparse.Namespace) -> int:
     if args.host not in LOCAL_HOSTS and not args.api_key:
         raise KilnError(f"binding to {args.host} exposes the model beyond this machine: set "
                         "--api-key (or KILN_API_KEY)")
-    for flag in ("max_batch_size", "max_queue_size", "instances", "workers", "max_request_bytes"):
+    for flag in ("max_batch_size", "max_queue_size", "instances", "workers", "max_request_bytes",
+                 "max_connections"):
         if getattr(args, flag) < 1:
             raise KilnError(f"--{flag.replace('_', '-')} must be at least 1")
+    for flag in ("header_timeout", "body_timeout", "read_timeout", "timeout_keep_alive"):
+        if not getattr(args, flag) > 0:
+            raise KilnError(f"--{flag.replace('_', '-')} must be above 0 seconds")
     repository = discover_models(Path(args.path), args.name)  # fails now, naming the path
     settings = ServeSettings(
         max_batch_size=args.max_batch_size, max_queue_delay_ms=args.max_queue_delay_ms,
         max_queue_size=args.max_queue_size, instances=args.instances, timeout_s=args.timeout,
         max_request_bytes=args.max_request_bytes, api_key=args.api_key, threads=args.threads,
-        artifact=args.artifact, spin_wait=args.spin_wait, workers=args.workers)
+        artifact=args.artifact, spin_wait=args.spin_wait, workers=args.workers,
+        header_timeout_s=args.header_timeout, body_timeout_s=args.body_timeout,
+        read_timeout_s=args.read_timeout, keep_alive_s=args.timeout_keep_alive,
+        max_connections=args.max_connections)
     served = ", ".join(f"{m} (versions {', '.join(sorted(v, key=int))})" for m, v in repository.items())
 
     def announce(port: int) -> None:  # once bound: with --port 0, this is where the port is told

@@ -45,7 +45,8 @@ class HttpRequest:
     async def body(self, limit: int) -> bytes:
         """The whole body, refused with 413 once it passes ``limit`` bytes."""
         declared = self.headers.get("content-length")
-        if declared is not None and declared.isdigit() and int(declared) > limit:
+        if declared is not None and declared.isascii() and declared.isdigit() \
+                and int(declared) > limit:
             raise ServeError(f"request of {declared} bytes exceeds the limit of {limit}", 413)
         chunks, size = [], 0
         while True:

@@ -1,4 +1,4 @@
-"""What `kiln serve` is asked to do: batching, limits, threads, processes."""
+"""What `kiln serve` is asked to do: batching, limits, threads, processes, connection hygiene."""
 
 from __future__ import annotations
 
@@ -21,3 +21,14 @@ class ServeSettings:
     spin_wait: bool = False
     workers: int = 1  # processes, each with its own event loop, batcher and model copy
     metrics_dir: str | None = None  # set by run_server with several workers: metrics are summed
+    # Slow or idle clients (see serve/http.py): seconds to send the request line and headers (from
+    # the connection's opening or the request's first byte), the longest pause inside a body, the
+    # whole request.
+    header_timeout_s: float = 10.0
+    body_timeout_s: float = 10.0
+    read_timeout_s: float = 60.0
+    # A kept-alive connection idle this long after a response is closed. A client that reuses it
+    # as it closes loses that request, so the server should outwait its clients' pools: 75 s as
+    # nginx, above the 60 s idle timeout of common load balancers (uvicorn's 5 s is below them).
+    keep_alive_s: float = 75.0
+    max_connections: int = 1000  # per worker; requests on connections beyond it get 503
