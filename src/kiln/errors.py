@@ -22,3 +22,17 @@ class DataError(KilnError):
 
 class RunDirError(KilnError):
     """A run directory is missing, incomplete or was made with a different config."""
+
+
+def shorten(value: str, limit: int = 80) -> str:
+    """``value`` quoted for a message, cut to its first ``limit`` characters with its length."""
+    if len(value) <= limit:
+        return repr(value)
+    return f"{value[:limit]!r}... ({len(value):,} characters)"
+
+
+def shorten_list(values: list[str], limit: int = 10) -> str:
+    """``values`` as a list in a message: the first ``limit``, each shortened, then a count."""
+    shown = ", ".join(shorten(v) for v in values[:limit])
+    more = len(values) - limit
+    return f"[{shown}, ... {more:,} more]" if more > 0 else f"[{shown}]"

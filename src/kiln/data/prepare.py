@@ -52,10 +52,10 @@ def prepare_data(cfg: Config, run_dir: Path) -> PreparedData:
     d = cfg.data
     train_raw = read_examples(train_path, d.text_column, d.label_column)
     if eval_path is None:
-        train_raw, eval_raw = split_holdout(train_raw, d.eval_fraction, cfg.seed)
+        train_raw, eval_raw = split_holdout(train_raw, d.eval_fraction, cfg.seed, train_path)
     else:
         eval_raw = read_examples(eval_path, d.text_column, d.label_column)
-    names = infer_label_names(train_raw, d.labels)
+    names = infer_label_names(train_raw, d.labels, train_path)
     train_labels = encode_labels(train_raw, names, train_path)
     eval_labels = encode_labels(eval_raw, names, eval_path or train_path)
 
