@@ -162,3 +162,22 @@ def test_sigkill_at_a_random_moment_then_resume_ends_bit_identical(
     assert done.returncode == 0, done.stderr
     assert same_bits(run / "model" / "model.safetensors",
                      cli_reference / "model" / "model.safetensors")
+
+
+def test_another_models_tokenizer_is_refused_by_eval_and_serve(
+        exported_run: Path, small_dataset: tuple[Path, Path], tmp_path: Path) -> None:
+    from kiln.evaluate import evaluate_file
+    from kiln.runtime import load_predictor
+
+    other = tmp_path / "other"
+    train(load_config(overrides=tiny_overrides(*small_dataset, other, **{
+        "train.max_steps": 1, "model.vocab_size": 300})), progress=False)
+    run = tmp_path / "run"
+    shutil.copytree(exported_run, run)
+    for folder in ("model", "export"):
+        shutil.copy(other / "tokenizer.json", run / folder / "tokenizer.json")
+    sizes = r"has \d+ tokens but the model embeds \d+: it is another model's tokenizer"
+    with pytest.raises(RunDirError, match=sizes):
+        evaluate_file(run, small_dataset[1])
+    with pytest.raises(RunDirError, match=sizes):
+        load_predictor(run, "onnx-fp32")  # what kiln serve loads each model with
