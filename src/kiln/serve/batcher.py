@@ -149,6 +149,11 @@ class Batcher:
             raise QueueFull(f"{self.queued_rows} rows waiting would take about {wait:.1f} s, "
                             f"longer than the request's timeout of {timeout_s:g} s", wait)
 
+    @property
+    def full(self) -> bool:
+        """No request can join the queue now (not even one row)."""
+        return self.queued_rows >= self.max_queue_size
+
     def estimated_wait_s(self, rows: int = 0) -> float:
         """How long ``rows`` more would wait for their results, from the measured time per row
         (0 before any batch has run)."""

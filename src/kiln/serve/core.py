@@ -247,13 +247,18 @@ class InferenceCore:
 
         Raises:
             Unauthorized, NotFound, Unavailable: as `check_api_key` and `model`.
+            Overloaded: the model's queue is full (before the transport reads the body).
         """
         started, model = time.monotonic(), None
         # metric labels name served models only: anything else a client sends is one series
         labels = self._served_labels(name, version)
         try:
             self.check_api_key(authorization)
-            model = self.model(name, version)
+            found = self.model(name, version)
+            if found.batcher.full:  # refused before its body is read or parsed: cheap under load
+                raise Overloaded(f"server busy: queue full ({found.batcher.queued_rows} rows "
+                                 "waiting); retry later", found.batcher.estimated_wait_s(1))
+            model = found
             model.metrics.inflight.inc()
             yield model
         except BaseException as exc:
