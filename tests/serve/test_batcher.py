@@ -6,7 +6,7 @@ import threading
 import numpy as np
 import pytest
 
-from kiln.serve.batcher import Batcher, Pending, QueueFull, TooLarge, run_isolated, take_batch
+from kiln.serve.batcher import Batcher, Pending, QueueFull, TooManyRows, run_isolated, take_batch
 
 
 def pending(rows: int, length: int, enqueued: float) -> Pending:
@@ -47,7 +47,7 @@ def test_failing_batch_fails_only_its_requests_and_full_queue_is_refused() -> No
         ok = await asyncio.gather(*(batcher.submit([[1, 2, 3]]) for _ in range(4)))
         assert all(r.shape == (1, 2) for r in ok)
         assert any(n > 1 for n in calls), "requests were not batched together"
-        with pytest.raises(TooLarge, match="at most 6"):  # could never fit: not a retry-later
+        with pytest.raises(TooManyRows, match="at most 6"):  # could never fit: not a retry-later
             await batcher.submit([[1]] * 7)
         await batcher.stop()
 

@@ -30,7 +30,7 @@ class QueueFull(Exception):
         self.retry_after_s = retry_after_s  # when trying again has a fair chance
 
 
-class TooLarge(Exception):
+class TooManyRows(Exception):
     """The request has more rows than the queue can ever hold: retrying cannot help."""
 
 
@@ -114,7 +114,7 @@ class Batcher:
         """Queue ``rows`` and wait for their result rows.
 
         Raises:
-            TooLarge: more rows than max_queue_size.
+            TooManyRows: more rows than max_queue_size.
             QueueFull: the queue is full, or the rows ahead would take longer than ``timeout_s``.
             asyncio.TimeoutError: no result within ``timeout_s`` (the request leaves the queue).
         """
@@ -136,10 +136,10 @@ class Batcher:
         """Refuse at once what cannot be answered in time, rather than after a wait.
 
         Raises:
-            TooLarge, QueueFull: see `submit`.
+            TooManyRows, QueueFull: see `submit`.
         """
         if rows > self.max_queue_size:
-            raise TooLarge(f"{rows} rows in one request; the queue holds at most "
+            raise TooManyRows(f"{rows} rows in one request; the queue holds at most "
                            f"{self.max_queue_size} (--max-queue-size): send fewer per request")
         if self.queued_rows + rows > self.max_queue_size:
             raise QueueFull(f"queue full ({self.queued_rows} rows waiting)",

@@ -22,8 +22,7 @@ from prometheus_client.multiprocess import MultiProcessCollector
 
 import kiln
 from kiln.runtime import Predictor, load_predictor, pad_batch, softmax
-from kiln.serve.batcher import Batcher, QueueFull
-from kiln.serve.batcher import TooLarge as TooManyRows
+from kiln.serve.batcher import Batcher, QueueFull, TooManyRows
 from kiln.serve.errors import (
     NotFound,
     Overloaded,
