@@ -1,12 +1,23 @@
 """The batching policy as a pure function of the waiting requests and the clock."""
 
 import asyncio
+import os
+import sys
 import threading
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
 
-from kiln.serve.batcher import Batcher, Pending, QueueFull, TooManyRows, run_isolated, take_batch
+from kiln.serve.batcher import (
+    Batcher,
+    Pending,
+    QueueFull,
+    TooManyRows,
+    compute_pool,
+    run_isolated,
+    take_batch,
+)
 
 
 def pending(rows: int, length: int, enqueued: float) -> Pending:
@@ -112,3 +123,17 @@ def test_a_full_queue_is_refused_with_a_retry_after_from_the_measured_rate() -> 
         await batcher.stop()
 
     asyncio.run(scenario())
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="per-thread nice is Linux's")
+def test_compute_threads_and_the_threads_they_start_run_below_the_event_loop() -> None:
+    def nice() -> int:
+        return os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+
+    def nice_here_and_in_a_thread_started_here() -> tuple[int, int]:
+        with ThreadPoolExecutor(1) as runtime_pool:  # as a runtime starts its own threads
+            return nice(), runtime_pool.submit(nice).result()
+
+    with compute_pool(1, 5, "test") as pool:
+        here, started = pool.submit(nice_here_and_in_a_thread_started_here).result()
+    assert here == started == min(19, nice() + 5)

@@ -166,11 +166,17 @@ def test_a_full_queue_rejects_and_a_late_answer_times_out(exported_run: Path) ->
                 with pytest.raises(Overloaded) as full:
                     await core.infer("clf", texts("c"))
                 assert full.value.status == 503 and full.value.headers == {"retry-after": "1"}
+                # judged from the headers alone, before a transport reads the body: refused too
+                early = core.refusal("clf", None, None)
+                assert isinstance(early, Overloaded) and early.headers == {"retry-after": "1"}
+                # what the usual path answers otherwise (404 here) is not judged early
+                assert core.refusal("no-such-model", None, None) is None
             finally:
                 waiting.cancel()
 
+        assert core.refusal("clf", None, None) is None  # room in the queue: taken
         run(queue_full())
-        assert (requests(core, "rejected"), requests(core, "timeout")) == (1, 1)
+        assert (requests(core, "rejected"), requests(core, "timeout")) == (2, 1)
         gauge = core.metrics.registry.get_sample_value("kiln_inflight_requests", {"model": "clf"})
         assert gauge == 0
     finally:

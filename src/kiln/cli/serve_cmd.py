@@ -41,6 +41,11 @@ def add_parser(sub: Any) -> None:
     parser.add_argument("--spin-wait", action="store_true",
                         help="let idle ONNX Runtime threads spin for the next batch (lower "
                         "latency on a machine with cores to spare; default: they sleep)")
+    parser.add_argument("--compute-nice", type=int, default=19, metavar="N", choices=range(20),
+                        help="run the inference threads N nice steps below the threads that "
+                        "answer HTTP (Linux), so that under overload refusals and health checks "
+                        "are answered in milliseconds; they still get every idle cycle (0-19, "
+                        "default 19; 0: same priority)")
     conn = parser.add_argument_group(
         "connections", "slow or idle clients get timed out, so they cannot hold the server's "
         "sockets (a client that started a request gets 408 Request Timeout)")
@@ -90,7 +95,7 @@ def run(args: argparse.Namespace) -> int:
         artifact=args.artifact, spin_wait=args.spin_wait, workers=args.workers,
         header_timeout_s=args.header_timeout, body_timeout_s=args.body_timeout,
         read_timeout_s=args.read_timeout, keep_alive_s=args.timeout_keep_alive,
-        max_connections=args.max_connections)
+        max_connections=args.max_connections, compute_nice=args.compute_nice)
     served = ", ".join(f"{m} (versions {', '.join(sorted(v, key=int))})" for m, v in repository.items())
 
     def announce(port: int) -> None:  # once bound: with --port 0, this is where the port is told

@@ -8,7 +8,15 @@ from __future__ import annotations
 
 from prometheus_client import CONTENT_TYPE_LATEST
 
-from kiln.serve.asgi import ASGIApp, HttpRequest, Reply, Route, asgi_app, json_reply
+from kiln.serve.asgi import (
+    ASGIApp,
+    HttpRequest,
+    Reply,
+    Route,
+    asgi_app,
+    error_reply,
+    json_reply,
+)
 from kiln.serve.core import InferenceCore
 from kiln.serve.protocol import build_infer_response, parse_infer_request
 from kiln.serve.repository import Repository
@@ -28,11 +36,14 @@ class RestAdapter:
 
     def __init__(self, core: InferenceCore) -> None:
         self.core = core
+        self._infer_routes = [
+            Route("/v2/models/{model}/infer", self.infer, methods=("POST",)),
+            Route("/v2/models/{model}/versions/{version}/infer", self.infer, methods=("POST",)),
+        ]
 
     def routes(self) -> list[Route]:
         return [  # tried in order: the two infer routes, the hot path, first
-            Route("/v2/models/{model}/infer", self.infer, methods=("POST",)),
-            Route("/v2/models/{model}/versions/{version}/infer", self.infer, methods=("POST",)),
+            *self._infer_routes,
             Route("/v2", self.server_metadata),
             Route("/v2/health/live", self.live),
             Route("/v2/health/ready", self.server_ready),
@@ -42,6 +53,22 @@ class RestAdapter:
             Route("/v2/models/{model}/versions/{version}/ready", self.model_ready),
             Route("/metrics", self.metrics),
         ]
+
+    def early_reply(self, method: str, path: str, authorization: str | None) -> Reply | None:
+        """The answer to a request known from its request line and headers alone, before its
+        body is read (None: read it and route it as usual): an inference request that the
+        model's full queue refuses (503). Under overload most requests are these, so they
+        should cost the server next to nothing (see serve/http.py)."""
+        if method != "POST":
+            return None
+        for route in self._infer_routes:
+            match = route.regex.match(path)
+            if match is not None:
+                refused = self.core.refusal(match["model"], match.groupdict().get("version"),
+                                            authorization)
+                return None if refused is None else error_reply(
+                    str(refused), refused.status, refused.headers)
+        return None
 
     async def infer(self, request: HttpRequest) -> Reply:
         params, headers = request.params, request.headers

@@ -9,6 +9,7 @@ an `InferRequest`, call the core, and turn its `InferResult` or `ServeError` int
 from __future__ import annotations
 
 import asyncio
+import functools
 import hmac
 import time
 from collections.abc import AsyncIterator, Callable
@@ -22,7 +23,7 @@ from prometheus_client.multiprocess import MultiProcessCollector
 
 import kiln
 from kiln.runtime import Predictor, load_predictor, pad_batch, softmax
-from kiln.serve.batcher import Batcher, QueueFull, TooManyRows
+from kiln.serve.batcher import Batcher, QueueFull, TooManyRows, compute_pool
 from kiln.serve.errors import (
     NotFound,
     Overloaded,
@@ -170,14 +171,21 @@ class InferenceCore:
 
     async def _load(self, name: str, version: str, folder: Path) -> LoadedModel:
         settings, start = self.settings, time.monotonic()
-        predictor = await asyncio.to_thread(load_predictor, folder, settings.artifact,
-                                            threads=settings.threads, spin_wait=settings.spin_wait)
-        await asyncio.to_thread(predictor.predict, ["warm up"] * min(4, settings.max_batch_size))
+        # loaded and warmed up at the inference threads' priority: the threads a runtime starts
+        # now (ONNX Runtime's and OpenVINO's pools) inherit it
+        with compute_pool(1, settings.compute_nice, "kiln-load") as pool:
+            loop = asyncio.get_running_loop()
+            predictor = await loop.run_in_executor(pool, functools.partial(
+                load_predictor, folder, settings.artifact, threads=settings.threads,
+                spin_wait=settings.spin_wait))
+            await loop.run_in_executor(pool, predictor.predict,
+                                       ["warm up"] * min(4, settings.max_batch_size))
         series = model_metrics(self.metrics, name)
         batcher = Batcher(lambda rows: infer_rows(predictor, rows), length=row_length,
                           max_batch_size=settings.max_batch_size,
                           max_delay_ms=settings.max_queue_delay_ms,
                           max_queue_size=settings.max_queue_size, instances=settings.instances,
+                          nice=settings.compute_nice,
                           on_batch=_batch_observer(series))
         series.load_seconds.set(time.monotonic() - start)
         return LoadedModel(name, version, predictor, batcher, series)
@@ -254,9 +262,7 @@ class InferenceCore:
         try:
             self.check_api_key(authorization)
             found = self.model(name, version)
-            if found.batcher.full:  # refused before its body is read or parsed: cheap under load
-                raise Overloaded(f"server busy: queue full ({found.batcher.queued_rows} rows "
-                                 "waiting); retry later", found.batcher.estimated_wait_s(1))
+            _refuse_if_full(found)  # before its body is read or parsed: cheap under load
             model = found
             model.metrics.inflight.inc()
             yield model
@@ -270,6 +276,24 @@ class InferenceCore:
                 model.metrics.inflight.dec()
                 model.metrics.request_seconds.observe(time.monotonic() - started)
                 model.metrics.queue_depth.set(model.batcher.queued_rows)
+
+    def refusal(self, name: str, version: str | None, authorization: str | None) -> ServeError | None:
+        """Why an inference request for ``name`` must be refused now, judged from its headers
+        alone (None: take it). Only a full queue is judged here, for a transport to answer before
+        it reads the body; the refusal is counted as `request` counts it. A request with a wrong
+        key, or for a model not served, gets None: `request` answers it as usual.
+        """
+        try:
+            self.check_api_key(authorization)
+            found = self.model(name, version)
+        except ServeError:
+            return None
+        try:
+            _refuse_if_full(found)
+        except Overloaded as exc:
+            self.metrics.requests.labels(found.name, found.version, outcome_of(exc)).inc()
+            return exc
+        return None
 
     def _served_labels(self, name: str, version: str | None) -> tuple[str, str]:
         """(model, version) metric labels of a request: the served model and version it goes to,
@@ -318,6 +342,13 @@ class InferenceCore:
             registry = CollectorRegistry()
             MultiProcessCollector(registry, path=self.settings.metrics_dir)
         return generate_latest(registry)
+
+
+def _refuse_if_full(model: LoadedModel) -> None:
+    """Raises: Overloaded: no request can join ``model``'s queue now."""
+    if model.batcher.full:
+        raise Overloaded(f"server busy: queue full ({model.batcher.queued_rows} rows waiting); "
+                         "retry later", model.batcher.estimated_wait_s(1))
 
 
 def _batch_observer(series: ModelMetrics) -> Callable[[int, list[float], float], None]:

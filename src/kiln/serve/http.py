@@ -17,6 +17,14 @@ the app answered without reading it is cut off without a word.) Once the request
 own timeouts apply, then the keep-alive. While the server has stopped reading (a pipelined request
 waits, or the app has not read a large body yet), the client is not to blame: the deadline waits.
 
+Under overload most inference requests are refused (503, the model's queue is full), so a refusal
+must cost next to nothing: with a thousand busy connections on one event loop, what each answer
+costs is what every client waits. The protocol asks ``early`` (the REST adapter's `early_reply`)
+once a request's headers are in; a request it answers never reaches the ASGI app (no request
+cycle, no task, no body kept): the body is parsed and dropped in C, and the answer written when the
+request is complete. Requests pipelined behind one still being answered, and ones that expect
+``100-continue``, always go through the app.
+
 One timer per connection, moved lazily: a stage only writes its deadline, and the timer, if it
 fires early, re-arms itself for what is left (no cancel and re-arm at every stage of every request).
 """
@@ -24,12 +32,20 @@ fires early, re-arms itself for what is left (no cancel and re-arm at every stag
 from __future__ import annotations
 
 import asyncio
-import json
+import urllib.parse
+from collections.abc import Callable
 from dataclasses import dataclass
 from enum import Enum
 from typing import Any
 
-from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
+import httptools
+from uvicorn.protocols.http.httptools_impl import (
+    STATUS_LINE,
+    HttpToolsProtocol,
+    RequestResponseCycle,
+)
+
+from kiln.serve.asgi import Reply, error_reply
 
 
 @dataclass(frozen=True)
@@ -46,18 +62,26 @@ class Stage(Enum):
     DONE = "request read"  # the app's timeouts, then uvicorn's keep-alive, apply
 
 
-def http_protocol(timeouts: ReadTimeouts) -> type[asyncio.Protocol]:
+# (method, path, the Authorization header) -> the answer to send at once, or None: to the app
+EarlyAnswer = Callable[[str, str, str | None], Reply | None]
+
+
+def http_protocol(timeouts: ReadTimeouts,
+                  early: EarlyAnswer | None = None) -> type[asyncio.Protocol]:
     """The protocol class to pass to ``uvicorn.Config(http=...)``."""
-    return type("TimedHttpToolsProtocol", (TimedHttpToolsProtocol,), {"timeouts": timeouts})
+    return type("TimedHttpToolsProtocol", (TimedHttpToolsProtocol,),
+                {"timeouts": timeouts, "early": staticmethod(early) if early else None})
 
 
 class TimedHttpToolsProtocol(HttpToolsProtocol):
     """uvicorn's httptools protocol with the deadlines in this module's table."""
 
     timeouts = ReadTimeouts()
+    early: EarlyAnswer | None = None
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
+        self.answered: Reply | None = None  # early: to send once this request's body is in
         self.stage = Stage.OPENED
         self.deadline = 0.0  # loop time at which the current stage expires
         self.request_deadline = 0.0
@@ -86,15 +110,40 @@ class TimedHttpToolsProtocol(HttpToolsProtocol):
     def on_headers_complete(self) -> None:
         self.stage = Stage.BODY
         self._body_progress()
-        super().on_headers_complete()
+        self.answered = self._early_answer()
+        if self.answered is None:
+            super().on_headers_complete()
 
     def on_body(self, body: bytes) -> None:
         self._body_progress()
-        super().on_body(body)
+        if self.answered is None:
+            super().on_body(body)
 
     def on_message_complete(self) -> None:
         self.stage = Stage.DONE
-        super().on_message_complete()
+        if self.answered is None:
+            super().on_message_complete()
+            return
+        reply, self.answered = self.answered, None
+        keep_alive = self.parser.should_keep_alive() and self.parser.get_http_version() == "1.1"
+        self._write(reply, keep_alive)
+        if not keep_alive:
+            self.transport.close()
+        else:  # as uvicorn after a response: count it, read on, start the keep-alive timer
+            self.on_response_complete()
+
+    def _early_answer(self) -> Reply | None:
+        """``early``'s answer to the request whose headers are in, if it may skip the app."""
+        if self.early is None or self.expect_100_continue or self.parser.should_upgrade():
+            return None
+        if self.cycle is not None and not self.cycle.response_complete:
+            return None  # pipelined behind a request being answered: answers go out in order
+        path = httptools.parse_url(self.url).path.decode("ascii")
+        if "%" in path:
+            path = urllib.parse.unquote(path)
+        authorization = next((v.decode("latin-1") for k, v in self.headers
+                              if k == b"authorization"), None)
+        return self.early(self.parser.get_method().decode("ascii"), path, authorization)
 
     def _request_begins(self) -> None:
         now = self.loop.time()
@@ -128,16 +177,19 @@ class TimedHttpToolsProtocol(HttpToolsProtocol):
             self._time_out()
 
     def _time_out(self) -> None:
-        cycle = self.cycle  # the latest request whose headers were read (None before the first)
-        if self.stage is Stage.BODY:  # this request's: answer it, unless the app already has
-            answer = not cycle.response_started
+        # the latest request whose headers went to the app (None before the first)
+        cycle: RequestResponseCycle | None = self.cycle
+        if self.answered is not None:  # answered early, but its body is too slow: a 408 instead
+            answer, cycle = True, None
+        elif self.stage is Stage.BODY:  # this request's: answer it, unless the app already has
+            answer = cycle is not None and not cycle.response_started
         else:  # a 408 for a request begun, not when pipelined behind one still being answered
             answer = self.stage is Stage.HEADERS and (cycle is None or cycle.response_complete)
         if not answer:
             self.transport.close()  # nothing asked yet, or an answer under way: only stop reading
             return
-        if self.stage is Stage.BODY:  # the app reads http.disconnect; what it sends is dropped
-            cycle.disconnected = True
+        if self.stage is Stage.BODY and cycle is not None:  # the app reads http.disconnect
+            cycle.disconnected = True  # and what it sends is dropped
             cycle.message_event.set()
         t = self.timeouts
         self._answer_and_close(408, f"request headers not complete within {t.header_s:g} s"
@@ -145,10 +197,13 @@ class TimedHttpToolsProtocol(HttpToolsProtocol):
                                f"{t.body_s:g} s between two pieces, {t.request_s:g} s in all)")
 
     def _answer_and_close(self, status: int, message: str) -> None:
-        body = json.dumps({"error": message}).encode()
-        head = [STATUS_LINE[status]]
-        head += [name + b": " + value + b"\r\n" for name, value in self.server_state.default_headers]
-        head += [b"content-type: application/json\r\n",
-                 b"content-length: %d\r\n" % len(body), b"connection: close\r\n\r\n"]
-        self.transport.write(b"".join(head) + body)
+        self._write(error_reply(message, status), keep_alive=False)
         self.transport.close()
+
+    def _write(self, reply: Reply, keep_alive: bool) -> None:
+        head = [STATUS_LINE[reply.status]]
+        head += [name + b": " + value + b"\r\n" for name, value in self.server_state.default_headers]
+        head += [f"{name}: {value}\r\n".encode("latin-1") for name, value in reply.headers.items()]
+        head.append(b"content-length: %d\r\n" % len(reply.body))
+        head.append(b"\r\n" if keep_alive else b"connection: close\r\n\r\n")
+        self.transport.write(b"".join(head) + reply.body)

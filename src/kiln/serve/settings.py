@@ -11,6 +11,9 @@ class ServeSettings:
     max_queue_delay_ms: float = 2.0
     max_queue_size: int = 512  # rows waiting; beyond it requests get 503 at once
     instances: int = 1
+    # The inference threads run this many nice steps below the event loop (Linux), so that under
+    # overload refusals and health checks are answered at once (see serve/batcher.compute_pool).
+    compute_nice: int = 19
     timeout_s: float = 30.0
     max_request_bytes: int = 4 * 1024 * 1024
     api_key: str | None = None
