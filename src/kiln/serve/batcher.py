@@ -103,14 +103,15 @@ class Batcher:
         self, run: Callable[[list[Row]], Sequence[Any]], *, length: Callable[[Row], int] = len,
         max_batch_size: int = 32, max_delay_ms: float = 2.0, max_queue_size: int = 256,
         instances: int = 1, nice: int = 0,
-        on_batch: Callable[[int, list[float], float], None] | None = None,
+        on_batch: Callable[[int, list[float], float, list[Any]], None] | None = None,
     ) -> None:
         self.run = run
         self.length = length
         self.max_batch_size = max_batch_size
         self.max_delay_s = max_delay_ms / 1000.0
         self.max_queue_size = max_queue_size
-        # (rows, seconds each request waited in the queue, compute seconds), once per batch
+        # (rows, seconds each request waited in the queue, compute seconds, what each run of
+        # ``run`` returned: one, or several when a failing batch was split), once per batch
         self.on_batch = on_batch
         self.waiting: list[Pending] = []
         self.queued_rows = 0
@@ -217,8 +218,14 @@ class Batcher:
         started = time.monotonic()
         rows = sum(len(p.rows) for p in batch)
         self._running_rows += rows
+        outputs: list[Any] = []  # what each run of ``run`` returned (several if split)
+
+        def run(rows: list[Row]) -> Sequence[Any]:
+            outputs.append(self.run(rows))
+            return outputs[-1]
+
         running = asyncio.get_running_loop().run_in_executor(
-            self._pool, run_isolated, self.run, [p.rows for p in batch])
+            self._pool, run_isolated, run, [p.rows for p in batch])
         self._running.add(running)
 
         def finished(done: asyncio.Future[list[Sequence[Any] | Exception]]) -> None:
@@ -239,7 +246,7 @@ class Batcher:
                 self.seconds_per_row = per_row if not self.seconds_per_row else (
                     0.8 * self.seconds_per_row + 0.2 * per_row)
             if self.on_batch is not None:
-                self.on_batch(rows, [started - p.enqueued for p in batch], compute)
+                self.on_batch(rows, [started - p.enqueued for p in batch], compute, outputs)
             self._dispatch()
 
         running.add_done_callback(finished)

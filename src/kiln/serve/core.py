@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.metrics_core import Metric
 from prometheus_client.multiprocess import MultiProcessCollector
 
 import kiln
@@ -37,8 +38,19 @@ from kiln.serve.metrics import ModelMetrics, make_metrics, model_metrics
 from kiln.serve.protocol import InferRequest
 from kiln.serve.repository import Repository, latest_version
 from kiln.serve.settings import ServeSettings
+from kiln.serve.triton_metrics import (
+    TritonMetrics,
+    make_triton_metrics,
+    record_batch,
+    record_request,
+    split_families,
+    statistics,
+    triton_exposition,
+)
 
 RowScores = tuple[list[float], list[float], int]  # logits, probabilities, index of the label
+# (rows, each request's seconds in the queue, compute seconds, what each run of the model returned)
+BatchObserver = Callable[[int, list[float], float, list[Any]], None]
 
 
 @dataclass(frozen=True)
@@ -81,12 +93,25 @@ def infer_rows(predictor: Predictor, rows: list[str | list[int]]) -> list[RowSco
     loop never calls numpy (a numpy call there drops the GIL, and this thread may then hold it
     for a whole switch interval).
     """
+    started = time.perf_counter()
     texts = [r for r in rows if isinstance(r, str)]
     encoded = iter(predictor.tokenizer.encode_batch(texts) if texts else [])
     ids = [next(encoded).ids[: predictor.max_length] if isinstance(r, str) else r for r in rows]
-    logits = predictor.logits(*pad_batch(ids, predictor.pad_id))
+    batch = pad_batch(ids, predictor.pad_id)
+    encoded_at = time.perf_counter()
+    logits = predictor.logits(*batch)
+    ran_at = time.perf_counter()
     probabilities = softmax(logits)
-    return list(zip(logits.tolist(), probabilities.tolist(), probabilities.argmax(-1).tolist()))
+    scores = Scores(zip(logits.tolist(), probabilities.tolist(), probabilities.argmax(-1).tolist()))
+    scores.phases = (encoded_at - started, ran_at - encoded_at, time.perf_counter() - ran_at)
+    return scores
+
+
+class Scores(list[RowScores]):
+    """A batch's rows' scores, with the seconds its phases took: (tokenising and padding, the
+    model, softmax and results), Triton's compute input, infer and output."""
+
+    phases: tuple[float, float, float] = (0.0, 0.0, 0.0)
 
 
 def row_length(row: str | list[int]) -> int:
@@ -100,6 +125,8 @@ def outcome_of(error: BaseException | None) -> str:
     """The ``outcome`` label of kiln_requests_total for a request that ended with ``error``."""
     if error is None:
         return "success"
+    if isinstance(error, asyncio.CancelledError):
+        return "canceled"
     if isinstance(error, Overloaded):
         return "rejected"
     if isinstance(error, TimedOut):
@@ -125,6 +152,36 @@ def metadata(model: LoadedModel, versions: list[str]) -> dict[str, Any]:
     }
 
 
+def model_config(model: LoadedModel, settings: ServeSettings) -> dict[str, Any]:
+    """The model configuration extension's answer, in Triton's model-config terms (what
+    ``GET /v2/models/{m}/config`` gives and a Triton client reads): the batch dimension is
+    implicit (``max_batch_size``), so ``dims`` are per row; -1 is a variable size."""
+    predictor = model.predictor
+    n = len(predictor.label_names)
+    return {
+        "name": model.name, "platform": f"kiln_{predictor.backend.name}", "backend": "kiln",
+        "version_policy": {"latest": {"num_versions": 1}},
+        "max_batch_size": settings.max_batch_size,
+        "input": [{"name": "text", "data_type": "TYPE_STRING", "dims": [1],
+                   "optional": True},
+                  {"name": "input_ids", "data_type": "TYPE_INT64", "dims": [-1],
+                   "optional": True},
+                  {"name": "attention_mask", "data_type": "TYPE_INT64", "dims": [-1],
+                   "optional": True}],
+        "output": [{"name": "logits", "data_type": "TYPE_FP32", "dims": [n]},
+                   {"name": "probabilities", "data_type": "TYPE_FP32", "dims": [n]},
+                   {"name": "label", "data_type": "TYPE_STRING", "dims": [1]}],
+        "dynamic_batching": {
+            "max_queue_delay_microseconds": round(settings.max_queue_delay_ms * 1000),
+            "default_queue_policy": {
+                "max_queue_size": settings.max_queue_size,
+                "default_timeout_microseconds": round(settings.timeout_s * 1e6)}},
+        "instance_group": [{"name": model.name, "kind": "KIND_CPU", "count": settings.instances}],
+        "parameters": {"labels": {"string_value": ",".join(predictor.label_names)},
+                       "max_length": {"string_value": str(predictor.max_length)}},
+    }
+
+
 class InferenceCore:
     """Every model version of ``repository`` (see discover_models), served with batching and
     metrics; not ready until `start` has loaded them all.
@@ -138,6 +195,7 @@ class InferenceCore:
         self.repository = repository
         self.settings = settings
         self.metrics = make_metrics()
+        self.triton = make_triton_metrics(self.metrics.registry)
         self.models: dict[tuple[str, str], LoadedModel] = {}
         self._ready = False
         self._peers_ready = peers_ready  # the other worker processes' say (see serve/server.py)
@@ -186,7 +244,7 @@ class InferenceCore:
                           max_delay_ms=settings.max_queue_delay_ms,
                           max_queue_size=settings.max_queue_size, instances=settings.instances,
                           nice=settings.compute_nice,
-                          on_batch=_batch_observer(series))
+                          on_batch=_batch_observer(series, self.triton, name, version))
         series.load_seconds.set(time.monotonic() - start)
         return LoadedModel(name, version, predictor, batcher, series)
 
@@ -237,6 +295,23 @@ class InferenceCore:
         self.resolve(name, version)
         return self._ready
 
+    def model_config(self, name: str, version: str | None = None) -> dict[str, Any]:
+        """The model configuration extension's answer (raises as `model` does)."""
+        return model_config(self.model(name, version), self.settings)
+
+    def repository_index(self) -> list[dict[str, str]]:
+        """The repository index extension's answer: every model version served, with its state
+        (READY once loaded, UNAVAILABLE while loading or stopping, with the reason)."""
+        index = []
+        for name, versions in sorted(self.repository.items()):
+            for version in sorted(versions, key=int):
+                entry = {"name": name, "version": version,
+                         "state": "READY" if self._ready else "UNAVAILABLE"}
+                if not self._ready:
+                    entry["reason"] = "loading" if not self.models else "stopping"
+                index.append(entry)
+        return index
+
     def model_metadata(self, name: str, version: str | None = None) -> dict[str, Any]:
         """The protocol's model metadata (raises as `model` does)."""
         model = self.model(name, version)
@@ -267,15 +342,22 @@ class InferenceCore:
             model.metrics.inflight.inc()
             yield model
         except BaseException as exc:
-            self.metrics.requests.labels(*labels, outcome_of(exc)).inc()
+            self._count(labels, outcome_of(exc), time.monotonic() - started)
             raise
         else:
-            self.metrics.requests.labels(*labels, "success").inc()
+            self._count(labels, "success", time.monotonic() - started)
         finally:
             if model is not None:
                 model.metrics.inflight.dec()
                 model.metrics.request_seconds.observe(time.monotonic() - started)
                 model.metrics.queue_depth.set(model.batcher.queued_rows)
+                self.triton.pending.labels(*labels).set(len(model.batcher.waiting))
+
+    def _count(self, labels: tuple[str, str], outcome: str, seconds: float) -> None:
+        """Count a request under kiln's outcome and, for a served model, Triton's series."""
+        self.metrics.requests.labels(*labels, outcome).inc()
+        if labels[0]:
+            record_request(self.triton, *labels, outcome, seconds)
 
     def refusal(self, name: str, version: str | None, authorization: str | None) -> ServeError | None:
         """Why an inference request for ``name`` must be refused now, judged from its headers
@@ -291,7 +373,7 @@ class InferenceCore:
         try:
             _refuse_if_full(found)
         except Overloaded as exc:
-            self.metrics.requests.labels(found.name, found.version, outcome_of(exc)).inc()
+            self._count((found.name, found.version), outcome_of(exc), 0.0)
             return exc
         return None
 
@@ -337,11 +419,44 @@ class InferenceCore:
 
     def metrics_exposition(self) -> bytes:
         """The Prometheus text exposition of the metrics (every worker's, summed, if several)."""
+        kiln_families, triton_families = split_families(self._families())
+        return generate_latest(_Families(kiln_families)) + triton_exposition(triton_families)
+
+    def statistics(self, name: str | None = None,
+                   version: str | None = None) -> dict[str, Any]:
+        """The statistics extension's answer: every served model version's cumulative counts and
+        times (all workers'), or those of model ``name`` (``version``: one version only).
+
+        Raises:
+            NotFound: no model ``name``, or no such version.
+        """
+        if name is None:
+            served = [(m, v) for m, versions in sorted(self.repository.items())
+                      for v in sorted(versions, key=int)]
+        elif version is None:
+            self.resolve(name)
+            served = [(name, v) for v in sorted(self.repository[name], key=int)]
+        else:
+            served = [(name, self.resolve(name, version))]
+        return statistics(split_families(self._families())[1], served)
+
+    def _families(self) -> list[Metric]:
+        """Every metric family, summed over the worker processes when there are several."""
         registry = self.metrics.registry
         if self.settings.metrics_dir is not None:
             registry = CollectorRegistry()
             MultiProcessCollector(registry, path=self.settings.metrics_dir)
-        return generate_latest(registry)
+        return list(registry.collect())
+
+
+@dataclass(frozen=True)
+class _Families:
+    """Metric families already collected, as the registry generate_latest reads."""
+
+    families: list[Metric]
+
+    def collect(self) -> list[Metric]:
+        return self.families
 
 
 def _refuse_if_full(model: LoadedModel) -> None:
@@ -351,12 +466,18 @@ def _refuse_if_full(model: LoadedModel) -> None:
                          "retry later", model.batcher.estimated_wait_s(1))
 
 
-def _batch_observer(series: ModelMetrics) -> Callable[[int, list[float], float], None]:
-    def on_batch(rows: int, queue_waits: list[float], compute: float) -> None:
+def _batch_observer(series: ModelMetrics, triton: TritonMetrics, name: str,
+                    version: str) -> BatchObserver:
+    def on_batch(rows: int, queue_waits: list[float], compute: float,
+                 outputs: list[Any]) -> None:
         series.batch_size.observe(rows)
         series.batch_compute_seconds.observe(compute)
         for waited in queue_waits:  # one observation per request, as Triton counts them
             series.queue_seconds.observe(waited)
             series.compute_seconds.observe(compute)
+        # the phases of each run (several when a failing batch was split), summed
+        timed = [out.phases for out in outputs if isinstance(out, Scores)]
+        phases = tuple(map(sum, zip(*timed))) if timed else (0.0, compute, 0.0)
+        record_batch(triton, name, version, rows, queue_waits, phases)  # type: ignore[arg-type]
 
     return on_batch
