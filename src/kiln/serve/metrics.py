@@ -1,5 +1,7 @@
 """Prometheus metrics of the server (text format through prometheus_client).
 
+kiln's own series, and (serve/triton_metrics.py) Triton's nv_inference_* series beside them:
+
 | kiln metric | Triton's counterpart |
 |---|---|
 | kiln_requests_total{model,version,outcome} | nv_inference_request_success / _failure |
