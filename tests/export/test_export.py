@@ -88,13 +88,18 @@ def test_tampered_artifact_is_refused(exported_run: Path, tmp_path: Path) -> Non
 
 def test_triton_repository_parses_and_names_files_that_exist(exported_run: Path) -> None:
     folder = triton_run(exported_run, name="clf", max_batch_size=32)
-    config = parse_triton_config(folder / "config.pbtxt")
-    assert config.name == "clf" and config.platform == "onnxruntime_onnx"
+    ensemble = parse_triton_config(folder / "config.pbtxt")  # the model a text client calls
+    assert ensemble.name == "clf" and ensemble.platform == "ensemble"
+    assert [i.name for i in ensemble.input] == ["text"]
+    model = folder.parent / "clf_model"
+    config = parse_triton_config(model / "config.pbtxt")
+    assert config.name == "clf_model" and config.platform == "onnxruntime_onnx"
     assert config.max_batch_size == 32
     assert [i.name for i in config.input] == ["input_ids", "attention_mask"]
     assert list(config.output[0].dims) == [4]
-    assert (folder / "1" / "model.onnx").exists() and (folder / "tokenizer.json").exists()
-    session = ort.InferenceSession(str(folder / "1" / "model.onnx"), providers=["CPUExecutionProvider"])
+    assert (model / "1" / "model.onnx").exists()
+    assert (folder.parent / "clf_tokenizer" / "tokenizer.json").exists()
+    session = ort.InferenceSession(str(model / "1" / "model.onnx"), providers=["CPUExecutionProvider"])
     ids = np.array([[2, 10, 11, 3]], dtype=np.int64)
     assert session.run(None, {"input_ids": ids, "attention_mask": np.ones_like(ids)})[0].shape == (1, 4)
 

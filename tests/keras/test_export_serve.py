@@ -71,10 +71,11 @@ def test_triton_repository_is_the_onnx_export(keras_run: Path) -> None:
     from kiln.export import parse_triton_config, triton_run
 
     folder = triton_run(keras_run)
-    config = parse_triton_config(folder / "config.pbtxt")
+    model = folder.parent / f"{folder.name}_model"  # the ensemble's model step
+    config = parse_triton_config(model / "config.pbtxt")
     assert [i.name for i in config.input] == ["input_ids", "attention_mask"]
     assert [o.name for o in config.output] == ["logits"]
-    assert (folder / "1" / "model.onnx").exists()
+    assert (model / "1" / "model.onnx").exists()
 
 
 def test_kiln_serve_answers_the_triton_client(keras_run: Path, keras_env: dict[str, str]) -> None:

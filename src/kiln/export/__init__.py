@@ -1,5 +1,6 @@
 """Export a trained model: ONNX (dynamic axes), ORT-optimised, int8 and fp16 variants with parity
-checks, and a Triton model repository around the chosen ONNX artifact."""
+checks, and a Triton model repository (an ensemble that takes text) around the chosen ONNX
+artifact."""
 
 from kiln.export.onnx_export import ExportError, export_onnx
 from kiln.export.parity import Parity, Tolerance, format_parity_table
@@ -9,6 +10,7 @@ from kiln.export.triton import (
     parse_triton_config,
     write_triton_repository,
 )
+from kiln.export.triton_ensemble import write_text_ensemble
 from kiln.export.triton_run import triton_run
 from kiln.runtime.artifacts import ARTIFACTS
 
@@ -24,5 +26,6 @@ __all__ = [
     "format_parity_table",
     "parse_triton_config",
     "triton_run",
+    "write_text_ensemble",
     "write_triton_repository",
 ]

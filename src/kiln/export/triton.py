@@ -1,9 +1,10 @@
-"""A Triton Inference Server model repository for an exported ONNX classifier.
+"""A Triton Inference Server model for an exported ONNX classifier: token ids in, logits out.
 
-The repository holds ``<model_name>/config.pbtxt``, ``<model_name>/1/model.onnx`` (plus any
-external-data files the graph references), the tokenizer and the manifest ``kiln.json``, so a text
-client can tokenise from the folder alone. The config is built from Triton's own protobuf schema,
-so a field Triton does not know cannot get in.
+The model folder holds ``<model_name>/config.pbtxt``, ``<model_name>/1/model.onnx`` (plus any
+external-data files the graph references) and the manifest ``kiln.json``. It runs on Triton's ONNX
+Runtime backend, or (``backend="python"``) on its Python backend through ``onnxruntime``
+(``1/model.py``). `kiln triton` wraps it in an ensemble that takes text (triton_ensemble.py). Every
+config is built from Triton's own protobuf schema, so a field Triton does not know cannot get in.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from __future__ import annotations
 import json
 import shutil
 from collections.abc import Iterator, Mapping, Sequence
+from importlib import resources
 from pathlib import Path
 from typing import Any, Literal
 
@@ -26,6 +28,7 @@ from kiln.models.package import MANIFEST, TOKENIZER, file_digest
 CONFIG = "config.pbtxt"
 VERSION = "1"
 ONNX_MODEL = "model.onnx"
+PYTHON_MODEL = "model.py"  # what Triton's Python backend runs, in the version folder
 WARMUP_SEQUENCE_LENGTH = 16  # tokens per warm-up request; clipped to the manifest's max_length
 TENSORRT_WORKSPACE_BYTES = 1 << 30  # 1 GiB of scratch space for TensorRT engine building
 
@@ -36,6 +39,9 @@ _DTYPES: dict[str, tuple[int, int]] = {
     "float32": (onnx.TensorProto.FLOAT, model_config_pb2.TYPE_FP32),
     "float16": (onnx.TensorProto.FLOAT16, model_config_pb2.TYPE_FP16),
 }
+# where the model step runs: Triton's ONNX Runtime backend, or its Python backend with onnxruntime
+ModelBackend = Literal["onnxruntime", "python"]
+MODEL_BACKENDS: tuple[ModelBackend, ...] = ("onnxruntime", "python")
 
 
 class TritonExportError(KilnError):
@@ -46,9 +52,9 @@ def write_triton_repository(
     onnx_file: Path, manifest: Mapping[str, Any], out_dir: Path, model_name: str, *,
     max_batch_size: int = 64, max_queue_delay_us: int = 2000, instances: int = 1,
     kind: Literal["cpu", "gpu"] = "cpu", tensorrt: bool = False,
-    tokenizer_file: Path | None = None,
+    tokenizer_file: Path | None = None, backend: ModelBackend = "onnxruntime",
 ) -> Path:
-    """Write ``out_dir/<model_name>/`` as a Triton model for the ONNX Runtime backend.
+    """Write ``out_dir/<model_name>/`` as a Triton model for the ONNX Runtime (or Python) backend.
 
     The folder is assembled under a temporary name and renamed into place, replacing an older one.
 
@@ -64,6 +70,8 @@ def write_triton_repository(
         tensorrt: on ``kind="gpu"``, let ONNX Runtime hand subgraphs to TensorRT in FP16;
             ignored on the CPU.
         tokenizer_file: copied next to ``config.pbtxt`` under the manifest's tokenizer name.
+        backend: ``"onnxruntime"`` (Triton's ONNX Runtime backend) or ``"python"`` (Triton's
+            Python backend running the same ONNX file through ``onnxruntime``, ``1/model.py``).
 
     Returns:
         The model folder ``out_dir/<model_name>``.
@@ -72,7 +80,8 @@ def write_triton_repository(
         TritonExportError: a setting is out of range, a file is missing, or the ONNX graph's
             inputs/outputs differ from what the manifest promises.
     """
-    _check_settings(model_name, max_batch_size, max_queue_delay_us, instances, kind)
+    check_settings(model_name, max_batch_size, max_queue_delay_us, instances, kind)
+    _check_backend(backend, kind, tensorrt)
     if not onnx_file.is_file():
         raise TritonExportError(f"ONNX model {onnx_file} does not exist")
     if tokenizer_file is not None and not tokenizer_file.is_file():
@@ -80,37 +89,57 @@ def write_triton_repository(
     graph = onnx.load(str(onnx_file), load_external_data=False)
     _check_graph(graph, manifest, onnx_file)
     config = _model_config(manifest, model_name, max_batch_size, max_queue_delay_us, instances,
-                           kind, tensorrt)
+                           kind, tensorrt, backend)
     target = out_dir / model_name
     with replacing_dir(target) as tmp:
         files = _copy_model(onnx_file, _external_data_files(graph, onnx_file), tmp)
+        if backend == "python":
+            files.append(copy_python_model("onnx_model", tmp))
         if tokenizer_file is not None:
             tokenizer_name = str(manifest.get("tokenizer", TOKENIZER))
             shutil.copy2(tokenizer_file, tmp / tokenizer_name)
             files.append(tokenizer_name)
-        # The checksums describe this folder, so verify_files() works on it as on a model folder.
-        body = {**manifest, "files": {f: file_digest(tmp / f) for f in files}}
-        (tmp / MANIFEST).write_text(json.dumps(body, indent=2) + "\n", encoding="utf-8")
-        (tmp / CONFIG).write_text(text_format.MessageToString(config), encoding="utf-8")
+        finish_model_folder(tmp, config, manifest, files)
     return target
+
+
+def finish_model_folder(folder: Path, config: model_config_pb2.ModelConfig,
+                        manifest: Mapping[str, Any], files: list[str]) -> None:
+    """Write ``config.pbtxt`` and ``kiln.json`` (the manifest with the checksums of ``files``,
+    paths relative to ``folder``, so verify_files() works on it as on a model folder)."""
+    body = {**manifest, "files": {f: file_digest(folder / f) for f in files}}
+    (folder / MANIFEST).write_text(json.dumps(body, indent=2) + "\n", encoding="utf-8")
+    (folder / CONFIG).write_text(text_format.MessageToString(config), encoding="utf-8")
+
+
+def copy_python_model(source: str, folder: Path) -> str:
+    """Copy kiln/export/triton_python/``source``.py to ``folder/1/model.py``, where Triton's
+    Python backend looks for it; returns its path relative to ``folder``."""
+    (folder / VERSION).mkdir(exist_ok=True)
+    code = resources.files("kiln.export.triton_python").joinpath(f"{source}.py").read_bytes()
+    (folder / VERSION / PYTHON_MODEL).write_bytes(code)
+    return f"{VERSION}/{PYTHON_MODEL}"
 
 
 def _model_config(
     manifest: Mapping[str, Any], model_name: str, max_batch_size: int, max_queue_delay_us: int,
-    instances: int, kind: Literal["cpu", "gpu"], tensorrt: bool,
+    instances: int, kind: Literal["cpu", "gpu"], tensorrt: bool, backend: ModelBackend,
 ) -> model_config_pb2.ModelConfig:
     """The model's ``config.pbtxt`` as Triton's own message: inputs and outputs from the manifest,
     dynamic batching, instances, warm-up, and the TensorRT accelerator on the GPU."""
-    config = model_config_pb2.ModelConfig(
-        name=model_name, platform="onnxruntime_onnx", max_batch_size=max_batch_size)
+    config = model_config_pb2.ModelConfig(name=model_name, max_batch_size=max_batch_size)
+    if backend == "python":
+        config.backend = "python"
+        config.parameters["onnx_file"].string_value = ONNX_MODEL
+    else:
+        config.platform = "onnxruntime_onnx"
     for spec in manifest["inputs"]:
-        config.input.add(name=spec["name"], data_type=_DTYPES[spec["dtype"]][1],
-                         dims=_dims(spec["shape"]))
+        config.input.add(name=spec["name"], data_type=triton_dtype(spec["dtype"]),
+                         dims=row_dims(spec["shape"]))
     for spec in manifest["outputs"]:
-        config.output.add(name=spec["name"], data_type=_DTYPES[spec["dtype"]][1],
-                          dims=_dims(spec["shape"]))
-    config.dynamic_batching.max_queue_delay_microseconds = max_queue_delay_us
-    config.dynamic_batching.preferred_batch_size.extend(_preferred_batch_sizes(max_batch_size))
+        config.output.add(name=spec["name"], data_type=triton_dtype(spec["dtype"]),
+                          dims=row_dims(spec["shape"]))
+    add_dynamic_batching(config, max_queue_delay_us)
     config.instance_group.add(count=instances, kind=(
         model_config_pb2.ModelInstanceGroup.KIND_GPU if kind == "gpu"
         else model_config_pb2.ModelInstanceGroup.KIND_CPU))
@@ -121,13 +150,25 @@ def _model_config(
     length = min(WARMUP_SEQUENCE_LENGTH, int(manifest.get("max_length", WARMUP_SEQUENCE_LENGTH)))
     for spec in manifest["inputs"]:
         warmup.inputs[spec["name"]].CopyFrom(model_config_pb2.ModelWarmup.Input(
-            data_type=_DTYPES[spec["dtype"]][1], dims=[length], zero_data=True))
+            data_type=triton_dtype(spec["dtype"]), dims=[length], zero_data=True))
     if tensorrt and kind == "gpu":
         accelerator = config.optimization.execution_accelerators.gpu_execution_accelerator.add(
             name="tensorrt")
         accelerator.parameters["precision_mode"] = "FP16"
         accelerator.parameters["max_workspace_size_bytes"] = str(TENSORRT_WORKSPACE_BYTES)
     return config
+
+
+def add_dynamic_batching(config: model_config_pb2.ModelConfig, max_queue_delay_us: int) -> None:
+    """Batch requests that arrive within ``max_queue_delay_us``, preferring powers of two."""
+    config.dynamic_batching.max_queue_delay_microseconds = max_queue_delay_us
+    config.dynamic_batching.preferred_batch_size.extend(
+        _preferred_batch_sizes(config.max_batch_size))
+
+
+def triton_dtype(dtype: str) -> int:
+    """Triton's data type for a manifest dtype (``"int64"`` -> ``TYPE_INT64``)."""
+    return _DTYPES[dtype][1]
 
 
 def _copy_model(onnx_file: Path, data_files: list[str], folder: Path) -> list[str]:
@@ -156,8 +197,13 @@ def parse_triton_config(path: Path) -> model_config_pb2.ModelConfig:
         raise TritonExportError(f"{path} is not a valid Triton model config: {exc}") from None
 
 
-def _check_settings(model_name: str, max_batch_size: int, max_queue_delay_us: int,
-                    instances: int, kind: str) -> None:
+def check_settings(model_name: str, max_batch_size: int, max_queue_delay_us: int,
+                   instances: int, kind: str) -> None:
+    """Refuse a model name that is not a plain folder name and settings out of range.
+
+    Raises:
+        TritonExportError: naming the setting and the range it must be in.
+    """
     if not model_name or model_name in {".", ".."} or "/" in model_name or "\\" in model_name:
         raise TritonExportError(f"model_name {model_name!r} must be a plain folder name")
     if max_batch_size < 1:
@@ -168,6 +214,14 @@ def _check_settings(model_name: str, max_batch_size: int, max_queue_delay_us: in
         raise TritonExportError(f"instances={instances}: must be >= 1")
     if kind not in ("cpu", "gpu"):
         raise TritonExportError(f"kind={kind!r}: must be 'cpu' or 'gpu'")
+
+
+def _check_backend(backend: str, kind: str, tensorrt: bool) -> None:
+    if backend not in MODEL_BACKENDS:
+        raise TritonExportError(f"model backend {backend!r}: must be one of {list(MODEL_BACKENDS)}")
+    if backend == "python" and tensorrt and kind == "gpu":
+        raise TritonExportError("the TensorRT accelerator is an option of Triton's ONNX Runtime "
+                                "backend; drop it or use the onnxruntime model backend")
 
 
 def _check_graph(model: onnx.ModelProto, manifest: Mapping[str, Any], onnx_file: Path) -> None:
@@ -208,7 +262,8 @@ def _check_graph(model: onnx.ModelProto, manifest: Mapping[str, Any], onnx_file:
                                 f"manifest does not describe; re-export the model")
 
 
-def _dims(shape: Sequence[Any]) -> list[int]:
+def row_dims(shape: Sequence[Any]) -> list[int]:
+    """A manifest shape as Triton's per-row ``dims``."""
     # The batch axis is implicit in Triton when max_batch_size > 0; named axes are dynamic (-1).
     return [d if isinstance(d, int) else -1 for d in shape[1:]]
 

@@ -1,4 +1,5 @@
-"""`kiln triton RUN`: package a run's verified ONNX artifact as a Triton model repository."""
+"""`kiln triton RUN`: package a run's verified ONNX artifact as a Triton model repository that
+takes text (an ensemble: tokenizer, model, postprocess; see triton_ensemble.py)."""
 
 from __future__ import annotations
 
@@ -7,7 +8,8 @@ from pathlib import Path
 from typing import Literal
 
 from kiln.errors import RunDirError
-from kiln.export.triton import write_triton_repository
+from kiln.export.triton import ModelBackend
+from kiln.export.triton_ensemble import write_text_ensemble
 from kiln.models import MANIFEST, read_manifest
 
 
@@ -15,14 +17,22 @@ def triton_run(
     run_dir: str | os.PathLike[str], *, name: str | None = None, artifact: str | None = None,
     max_batch_size: int = 64, max_queue_delay_us: int = 2000, instances: int = 1,
     kind: Literal["cpu", "gpu"] = "cpu", tensorrt: bool = False,
+    model_backend: ModelBackend = "onnxruntime",
 ) -> Path:
-    """Write ``run_dir/triton/<name>/`` from the export's ONNX ``artifact``.
+    """Write the Triton repository ``run_dir/triton/``: the ensemble ``<name>`` that takes text and
+    its steps ``<name>_tokenizer``, ``<name>_model`` (the export's ONNX ``artifact``, on Triton's
+    ONNX Runtime backend or, ``model_backend="python"``, its Python backend) and
+    ``<name>_postprocess``.
 
     The default artifact is the export's recommended one when it is an ONNX file that passed
     parity (for ``kind="gpu"``: fp16, else fp32), otherwise the plain fp32 ONNX.
 
+    Returns:
+        The ensemble's folder ``run_dir/triton/<name>`` (its parent is the repository).
+
     Raises:
         RunDirError: no export yet, an unknown or failed artifact, or one that is not ONNX.
+        TritonExportError: settings out of range, or a model the ensemble cannot wrap.
     """
     run = Path(run_dir)
     export = run / "export"
@@ -43,9 +53,10 @@ def triton_run(
         raise RunDirError(f"'{artifact}' is not an ONNX artifact of {export}; choose from {onnx_names}")
     if not entry["passed"]:
         raise RunDirError(f"artifact '{artifact}' failed its parity check; see {export}/parity.json")
-    model_manifest = {**manifest, "triton": {"artifact": artifact}}
-    return write_triton_repository(
+    model_manifest = {**manifest, "triton": {"artifact": artifact, "model_backend": model_backend}}
+    return write_text_ensemble(
         export / entry["file"], model_manifest, run / "triton", name or run.resolve().name,
-        max_batch_size=max_batch_size, max_queue_delay_us=max_queue_delay_us,
-        instances=instances, kind=kind, tensorrt=tensorrt, tokenizer_file=export / "tokenizer.json",
+        tokenizer_file=export / str(manifest.get("tokenizer", "tokenizer.json")),
+        model_backend=model_backend, max_batch_size=max_batch_size,
+        max_queue_delay_us=max_queue_delay_us, instances=instances, kind=kind, tensorrt=tensorrt,
     )
