@@ -1,12 +1,16 @@
 """Fuzzing the infer route of the real app, in process: whatever a request holds, it gets a 4xx
-(never a 5xx) with a JSON body, and the request batched with it still gets its right answer."""
+(never a 5xx) with a JSON body, and the request batched with it still gets its right answer.
+Requests carry the Triton extensions' fields too (timeouts in microseconds, binary_data_output,
+classification, raw binary requests) and compressed bodies, right and wrong."""
 
 from __future__ import annotations
 
 import asyncio
 import copy
 import csv
+import gzip
 import json
+import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -41,9 +45,19 @@ class Answer:
     body: bytes
 
     def json(self) -> Any:
-        """The JSON part of the body (all of it, unless the answer uses binary outputs)."""
+        """The JSON part of the body (all of it, unless the answer uses binary outputs), once
+        decompressed if the answer is."""
+        body = decoded(self.body, self.headers.get("content-encoding"))
         head = self.headers.get("inference-header-content-length")
-        return json.loads(self.body if head is None else self.body[:int(head)])
+        return json.loads(body if head is None else body[:int(head)])
+
+
+def decoded(body: bytes, coding: str | None) -> bytes:
+    """``body`` decompressed from ``coding`` (gzip, deflate; as it is for anything else)."""
+    coding = (coding or "").strip().lower()
+    if coding in ("gzip", "x-gzip"):
+        return gzip.decompress(body)
+    return zlib.decompress(body) if coding == "deflate" else body
 
 
 class Client:
@@ -133,18 +147,20 @@ def good_request() -> tuple[str, bytes, list[tuple[bytes, bytes]]]:
 def short_deadline(body: bytes, headers: list[tuple[bytes, bytes]]) -> bool:
     """Whether ``body`` is a valid request with a timeout under a second: a 503 (cannot be
     reached in time) or 504 (timed out) is then its right answer, not a server fault."""
-    header = dict(headers).get(b"inference-header-content-length")
+    fields = {name.lower(): value.decode("latin-1") for name, value in headers}
+    header = fields.get(b"inference-header-content-length")
     try:
-        parsed = parse_infer_request(body, None if header is None else header.decode("latin-1"),
+        parsed = parse_infer_request(decoded(body, fields.get(b"content-encoding")), header,
                                      MAX_LENGTH, vocabulary=VOCABULARY)
-    except ProtocolError:
+    except (ProtocolError, OSError, EOFError, zlib.error):  # gzip raises the first two
         return False
     return parsed.timeout_s is not None and parsed.timeout_s < 1
 
 
 def exchange(client: Client, good_label: str, path: str, body: bytes,
-             headers: list[tuple[bytes, bytes]]) -> None:
-    """Send the fuzzed request together with a good one; check both answers."""
+             headers: list[tuple[bytes, bytes]]) -> Answer:
+    """Send the fuzzed request together with a good one; check both answers (the fuzzed one's
+    returned)."""
     fuzzed, good = client.run((path, body, headers), good_request())
     if fuzzed.status >= 500:
         assert fuzzed.status in (503, 504) and short_deadline(body, headers), fuzzed
@@ -153,6 +169,7 @@ def exchange(client: Client, good_label: str, path: str, body: bytes,
         assert isinstance(fuzzed.json()["error"], str)
     assert good.status == 200, good
     assert good.json()["outputs"][0]["data"] == [good_label]
+    return fuzzed
 
 
 # ---- what the fuzzer sends ---------------------------------------------------------------------
@@ -168,20 +185,27 @@ SCALARS = st.one_of(st.none(), st.booleans(), INTS, st.floats(), WILD_TEXT)
 JUNK = st.recursive(SCALARS, lambda inner: st.lists(inner, max_size=4)
                     | st.dictionaries(WILD_TEXT, inner, max_size=4), max_leaves=8)
 OUTPUT: st.SearchStrategy[dict[str, Any]] = st.builds(
-    lambda name, binary: {"name": name, "parameters": {"binary_data": binary}},
-    st.sampled_from(OUTPUTS), st.booleans())
+    lambda name, params: {"name": name, "parameters": params},
+    st.sampled_from(OUTPUTS), st.fixed_dictionaries({}, optional={
+        "binary_data": st.booleans(),
+        "classification": st.one_of(st.integers(1, 4), st.integers(-1, 6))}))  # 4 classes
 REQUESTED = st.lists(OUTPUT, max_size=3, unique_by=lambda o: str(o["name"]))
+# microseconds, as Triton and tritonclient send them: from none at all (0) to a minute
+TIMEOUTS = st.one_of(st.integers(0, 60_000_000), st.floats(0, 6e7), st.just(2**64 - 1))
 FIELDS = st.fixed_dictionaries({}, optional={
     "id": st.text(max_size=8),
     "outputs": REQUESTED,
-    "parameters": st.fixed_dictionaries({}, optional={"timeout": st.floats(1, 60),
+    "parameters": st.fixed_dictionaries({}, optional={"timeout": TIMEOUTS,
                                                       "binary_data_output": st.booleans()}),
 })
+CODINGS = ["gzip", "deflate", "identity", "x-gzip", "GZIP", "br", "gzip, deflate", ""]
 HEADER_NAMES = st.one_of(st.sampled_from(["content-type", "authorization", "accept",
-                                          "inference-header-content-length"]),
+                                          "inference-header-content-length",
+                                          "content-encoding", "accept-encoding"]),
                          st.text("abcdefghijklmnopqrstuvwxyz-", min_size=1, max_size=10)
                          .filter(lambda n: n != "content-length"))
-HEADERS = st.lists(st.tuples(HEADER_NAMES, LATIN1).map(
+HEADER_VALUES = st.one_of(LATIN1, st.sampled_from(CODINGS + ["0", "deflate;q=0.5, gzip;q=0"]))
+HEADERS = st.lists(st.tuples(HEADER_NAMES, HEADER_VALUES).map(
     lambda h: (h[0].encode(), h[1].encode("latin-1"))), max_size=3)
 PATHS = st.sampled_from([INFER] * 8 + ["/v2/models/clf/versions/1/infer",
                                        "/v2/models/clf/versions/2/infer", "/v2/models/x/infer"])
@@ -337,6 +361,70 @@ def test_fuzzed_binary_requests_get_4xx_and_spare_their_batch(
 def test_fuzzed_bytes_get_4xx(client: Client, good_label: str, body: bytes,
                               headers: list[tuple[bytes, bytes]]) -> None:
     exchange(client, good_label, INFER, body, headers)
+
+
+CLASSIFIED = st.lists(st.builds(
+    lambda name, k, binary: {"name": name, "parameters": {"classification": k,
+                                                          "binary_data": binary}},
+    st.sampled_from(["logits", "probabilities"]), st.integers(0, 4), st.booleans()),
+    min_size=1, max_size=2, unique_by=lambda o: str(o["name"]))
+
+
+@settings(FUZZ, max_examples=150)
+@given(texts=st.lists(TEXTS, min_size=1, max_size=4), outputs=CLASSIFIED,
+       extra=st.sampled_from(["label", None]), binary=st.booleans(),
+       timeout=st.one_of(st.none(), TIMEOUTS),
+       coding=st.sampled_from(["gzip", "deflate", "identity"]))
+def test_fuzzed_valid_requests_of_the_extensions_are_answered(
+        client: Client, good_label: str, texts: list[str], outputs: list[dict[str, Any]],
+        extra: str | None, binary: bool, timeout: float | None, coding: str) -> None:
+    """Valid requests using classification, binary_data_output, timeouts and compressed bodies
+    and answers: answered (200, or 503/504 for a deadline under a second), in the right shape."""
+    request = {"inputs": [{"name": "text", "shape": [len(texts)], "datatype": "BYTES",
+                           "data": texts}],
+               "outputs": outputs + ([{"name": extra}] if extra else []),
+               "parameters": {"binary_data_output": binary,
+                              **({} if timeout is None else {"timeout": timeout})}}
+    body = json.dumps(request).encode()
+    headers = [(b"accept-encoding", coding.encode())]
+    if coding != "identity":
+        body = gzip.compress(body) if coding == "gzip" else zlib.compress(body)
+        headers.append((b"content-encoding", coding.encode()))
+    answer = exchange(client, good_label, INFER, body, headers)
+    if answer.status != 200:
+        assert answer.status in (503, 504) and short_deadline(body, headers), answer
+        return
+    for output in answer.json()["outputs"]:
+        top_k = next((o["parameters"]["classification"] for o in outputs
+                      if o["name"] == output["name"]), 0)
+        if top_k:
+            assert output["datatype"] == "BYTES" and output["shape"] == [len(texts), top_k]
+
+
+@st.composite
+def compressed_bodies(draw: st.DrawFn) -> tuple[bytes, list[tuple[bytes, bytes]]]:
+    """(body, headers) of a JSON request compressed right or wrong (cut, spliced, a zip bomb, or
+    another coding than the header says), with an Accept-Encoding perhaps."""
+    coding = draw(st.sampled_from(["gzip", "deflate"]))
+    sent = draw(st.sampled_from([coding] * 3 + CODINGS))
+    unmutated = st.one_of(text_requests(), id_requests()).map(lambda r: json.dumps(r).encode())
+    plain = draw(st.one_of(unmutated, json_bodies()))  # most of the first get answered: 200
+    if draw(st.integers(0, 9)) == 0:  # expands past the 4 MiB limit
+        plain += b" " * (5 << 20)
+    body = gzip.compress(plain) if coding == "gzip" else zlib.compress(plain)
+    body = draw(st.one_of(st.just(body), st.just(body), raw_edits(body)))
+    headers = [(b"content-encoding", sent.encode())]
+    if draw(st.booleans()):
+        headers.append((b"accept-encoding", draw(st.sampled_from(CODINGS)).encode()))
+    return body, headers
+
+
+@settings(FUZZ, max_examples=200)
+@given(request=compressed_bodies())
+def test_fuzzed_compressed_requests_get_4xx_and_spare_their_batch(
+        client: Client, good_label: str,
+        request: tuple[bytes, list[tuple[bytes, bytes]]]) -> None:
+    exchange(client, good_label, INFER, *request)
 
 
 def test_after_the_fuzzing_real_texts_get_the_predictors_labels(

@@ -7,7 +7,7 @@ import sys
 import time
 from pathlib import Path
 
-from tests.serve.test_server import wait_for_address, wait_until_ready
+from tests.serve.test_server import free_port, wait_for_address, wait_until_ready
 
 IMPORTED = re.compile(r"^import time:\s+\d+ \|\s+\d+ \|\s*(\S+)$", re.MULTILINE)
 
@@ -19,7 +19,8 @@ def test_kiln_serve_imports_no_training_module(exported_run: Path, tmp_path: Pat
     log = tmp_path / "serve.log"
     with open(log, "wb") as out:
         proc = subprocess.Popen([sys.executable, "-m", "kiln", "serve", str(exported_run),
-                                 "--port", "0", "--workers", "2", "--threads", "1"], env=env,
+                                 "--port", "0", "--workers", "2", "--threads", "1",
+                                 "--grpc-port", str(free_port())], env=env,  # gRPC's imports too
                                 stdout=out, stderr=subprocess.STDOUT)
     try:
         deadline = time.monotonic() + 120
@@ -30,6 +31,7 @@ def test_kiln_serve_imports_no_training_module(exported_run: Path, tmp_path: Pat
         proc.wait(timeout=60)
     imported = set(IMPORTED.findall(log.read_text()))
     # the log is read correctly: the server, the runtime and the CLI are in it
-    assert {"kiln.cli", "kiln.serve.core", "kiln.runtime.load"} <= imported
+    assert {"kiln.cli", "kiln.serve.core", "kiln.runtime.load",
+            "kiln.serve.grpc_adapter"} <= imported
     assert sorted(m for m in imported if m == "kiln.train" or m.startswith("kiln.train.")) == []
     assert sorted(m for m in imported if m.startswith(("kiln.export", "kiln.keras"))) == []

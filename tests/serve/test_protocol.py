@@ -1,5 +1,7 @@
 """Parsing infer requests: every malformed body is a 4xx `ProtocolError` naming the problem, and
-valid bodies (JSON and binary, texts and token ids) parse as they always did."""
+valid bodies (JSON and binary, texts and token ids) parse as they always did; the Triton
+extensions' fields (timeout in microseconds, binary_data_output, classification, raw binary
+requests) parse as Triton reads them, and answers are written in their formats."""
 
 from __future__ import annotations
 
@@ -10,14 +12,22 @@ from typing import Any
 import numpy as np
 import pytest
 
-from kiln.serve.protocol import OUTPUTS, InferRequest, ProtocolError, parse_infer_request
+from kiln.serve.protocol import (
+    OUTPUTS,
+    InferRequest,
+    ProtocolError,
+    build_infer_response,
+    parse_index_request,
+    parse_infer_request,
+    top_classes,
+)
 
-MAX_LENGTH, VOCABULARY = 48, 500
+MAX_LENGTH, VOCABULARY, CLASSES = 48, 500, 4
 
 
 def parse(body: bytes, header: str | None = None,
           vocabulary: int | None = VOCABULARY) -> InferRequest:
-    return parse_infer_request(body, header, MAX_LENGTH, vocabulary=vocabulary)
+    return parse_infer_request(body, header, MAX_LENGTH, vocabulary=vocabulary, classes=CLASSES)
 
 
 def refused(body: bytes, header: str | None = None, vocabulary: int | None = VOCABULARY) -> str:
@@ -87,7 +97,7 @@ VALID: list[tuple[str, bytes, str | None, InferRequest]] = [
     ("brackets inside strings are not nesting", texts_request("[" * 300 + "{" * 300), None,
      expected(["[" * 300 + "{" * 300])),
     ("id, outputs, binary output, timeout",
-     texts_request("hi", id="req-1", parameters={"timeout": 2.5, "binary_data_output": True},
+     texts_request("hi", id="req-1", parameters={"timeout": 2_500_000, "binary_data_output": True},
                    outputs=[{"name": "label", "parameters": {"binary_data": True}},
                             {"name": "logits", "parameters": {"binary_data": False}}]), None,
      expected(["hi"], id="req-1", outputs=["label", "logits"], binary_outputs={"label"},
@@ -99,8 +109,40 @@ VALID: list[tuple[str, bytes, str | None, InferRequest]] = [
     ("unknown extra fields are ignored",
      dumps({"inputs": [text_input(["hi"], extra={"x": [1]})], "extension": {"a": [[1]]}}), None,
      expected(["hi"])),
-    ("integer timeout", texts_request("hi", parameters={"timeout": 3}), None,
+    # parameters.timeout is in microseconds, as Triton and tritonclient's infer(timeout=...) send it
+    ("integer timeout", texts_request("hi", parameters={"timeout": 3_000_000}), None,
      expected(["hi"], timeout_s=3.0)),
+    ("fractional microseconds", texts_request("hi", parameters={"timeout": 1.5}), None,
+     expected(["hi"], timeout_s=1.5e-6)),
+    ("timeout 0 is the server's", texts_request("hi", parameters={"timeout": 0}), None,
+     expected(["hi"])),
+    ("the largest timeout", texts_request("hi", parameters={"timeout": 2**64 - 1}), None,
+     expected(["hi"], timeout_s=(2**64 - 1) / 1e6)),
+    # binary_data_output: every output binary, unless its own binary_data says otherwise
+    ("binary_data_output without outputs", texts_request(
+        "hi", parameters={"binary_data_output": True}), None,
+     expected(["hi"], binary_outputs=set(OUTPUTS))),
+    ("binary_data_output with outputs", texts_request(
+        "hi", parameters={"binary_data_output": True}, outputs=[
+            {"name": "label"}, {"name": "logits", "parameters": {"binary_data": False}}]), None,
+     expected(["hi"], outputs=["label", "logits"], binary_outputs={"label"})),
+    ("binary_data_output false", texts_request(
+        "hi", parameters={"binary_data_output": False}, outputs=[
+            {"name": "label"}, {"name": "logits", "parameters": {"binary_data": True}}]), None,
+     expected(["hi"], outputs=["label", "logits"], binary_outputs={"logits"})),
+    ("classification", texts_request("hi", outputs=[
+        {"name": "probabilities", "parameters": {"classification": 2}},
+        {"name": "logits", "parameters": {"classification": CLASSES, "binary_data": True}}]),
+     None, expected(["hi"], outputs=["probabilities", "logits"], binary_outputs={"logits"},
+                    classification={"probabilities": 2, "logits": CLASSES})),
+    ("classification 0 is the plain tensor (as in Triton)", texts_request("hi", outputs=[
+        {"name": "probabilities", "parameters": {"classification": 0}}]), None,
+     expected(["hi"], outputs=["probabilities"])),
+    # Triton's raw binary request: the body is the one text, every output comes back binary
+    ("raw binary request", "naïve café, where is my parcel".encode(), "0",
+     expected(["naïve café, where is my parcel"], binary_outputs=set(OUTPUTS))),
+    ("raw binary request that looks like JSON", b'{"inputs": []}', " 0",
+     expected(['{"inputs": []}'], binary_outputs=set(OUTPUTS))),
     ("json ids, flat", ids_request([2, 10, 11, 3, 2, 12, 0, 0], [1, 1, 1, 1, 1, 1, 0, 0], [2, 4]),
      None, expected(rows=[[2, 10, 11, 3], [2, 12]])),
     ("json ids, nested", ids_request([[2, 10, 11, 3]], [[1, 1, 1, 1]], [1, 4]), None,
@@ -242,19 +284,44 @@ BAD_JSON: list[tuple[str, bytes, str]] = [
      "output 'label' is asked for twice"),
     ("binary_data not a boolean", texts_request("hi", outputs=[
         {"name": "label", "parameters": {"binary_data": "yes"}}]), "must be true or false"),
-    ("classification asked for", texts_request("hi", outputs=[
-        {"name": "probabilities", "parameters": {"classification": 2}}]),
-     "classification extension is not supported"),
+    ("classification a string", texts_request("hi", outputs=[
+        {"name": "probabilities", "parameters": {"classification": "2"}}]),
+     "output 'probabilities': parameters.classification must be a non-negative integer (how "
+     "many top classes), got '2'"),
+    ("classification negative", texts_request("hi", outputs=[
+        {"name": "logits", "parameters": {"classification": -1}}]), "non-negative integer"),
+    ("classification a float", texts_request("hi", outputs=[
+        {"name": "logits", "parameters": {"classification": 2.0}}]), "got 2.0"),
+    ("classification a boolean", texts_request("hi", outputs=[
+        {"name": "logits", "parameters": {"classification": True}}]), "got True"),
+    ("classification beyond the classes", texts_request("hi", outputs=[
+        {"name": "probabilities", "parameters": {"classification": CLASSES + 1}}]),
+     "output 'probabilities': classification 5 asks for more classes than the model has; ask "
+     "for 1 .. 4"),
+    ("classification of the label", texts_request("hi", outputs=[
+        {"name": "label", "parameters": {"classification": 1}}]),
+     "output 'label' is BYTES and has no class scores to rank"),
+    ("binary_data_output not a boolean", texts_request(
+        "hi", parameters={"binary_data_output": 1}),
+     "parameters.binary_data_output must be true or false, got 1"),
+    ("shared memory output", texts_request("hi", outputs=[
+        {"name": "label", "parameters": {"shared_memory_region": "r", "binary_data": False}}]),
+     "output 'label': shared memory is not supported"),
+    ("shared memory input", dumps({"inputs": [{**TEXT, "parameters": {
+        "shared_memory_region": "r", "shared_memory_byte_size": 8}}]}),
+     "input 'text': shared memory is not supported"),
     ("numeric id", texts_request("hi", id=7), "'id' must be a string, got 7"),
     ("timeout a string", texts_request("hi", parameters={"timeout": "5"}),
-     "timeout must be a finite positive number"),
-    ("timeout zero", texts_request("hi", parameters={"timeout": 0}), "finite positive number"),
-    ("timeout negative", texts_request("hi", parameters={"timeout": -1}), "finite positive"),
-    ("timeout a boolean", texts_request("hi", parameters={"timeout": True}), "finite positive"),
+     "parameters.timeout must be a number of microseconds from 0 to 18446744073709551615 (0: "
+     "the server's timeout), got '5'"),
+    ("timeout negative", texts_request("hi", parameters={"timeout": -1}), "microseconds from 0"),
+    ("timeout a boolean", texts_request("hi", parameters={"timeout": True}), "got True"),
     ("timeout 1e999 (inf)", b'{"inputs": [{"name": "text", "shape": [1], "datatype": "BYTES", '
-     b'"data": ["hi"]}], "parameters": {"timeout": 1e999}}', "finite positive number"),
+     b'"data": ["hi"]}], "parameters": {"timeout": 1e999}}', "got inf"),
+    ("timeout beyond UINT64", texts_request("hi", parameters={"timeout": 2**64}),
+     "microseconds from 0 to 18446744073709551615"),
     ("timeout beyond float", texts_request("hi", parameters={"timeout": 10**400}),
-     "finite positive number"),
+     "microseconds from 0"),
 ]
 
 
@@ -312,6 +379,11 @@ BAD_BINARY: list[tuple[str, tuple[bytes, str | None], str]] = [
     ("BYTES empty element", binary(bytes_elements(b"")), "element 0 is blank"),
     ("binary INT64 too few values", binary_request([(HEAD_IDS, IDS[:16]), (HEAD_MASK, MASK)]),
      "shape [1, 3] needs 3 values, got 2"),
+    ("raw binary request without a body", (b"", "0"),
+     "raw binary request (Inference-Header-Content-Length: 0) with an empty body"),
+    ("raw binary request not UTF-8", (b"caf\xe9", "0"), "raw binary request: the body is not valid "
+     "UTF-8 (unexpected end of data at byte 3)"),
+    ("raw binary request of blanks", (b" \n\t", "0"), "element 0 is blank"),
     ("binary id beyond the vocabulary", binary_request(
         [(HEAD_IDS, np.array([2, 10**6, 3], "<i8").tobytes()), (HEAD_MASK, MASK)]),
      "token id 1000000 at [0, 1]"),
@@ -330,3 +402,62 @@ def test_errors_quote_at_most_a_short_excerpt_of_what_was_sent() -> None:
                  texts_request("hi", outputs=[{"name": "y" * 100_000}]),
                  texts_request("hi", id=list(range(100_000)))):
         assert len(refused(body)) < 200
+
+
+# ---- answers: classification strings, binary outputs ----------------------------------------------
+
+LABELS = ["account", "billing", "shipping", "technical"]
+
+
+def test_top_classes_are_triton_s_value_index_label_strings() -> None:
+    # as Triton's std::to_string(float): six decimals; highest first, ties to the lower index
+    assert top_classes([0.1, 0.7, 0.1, 0.1], 3, LABELS) == [
+        "0.700000:1:billing", "0.100000:0:account", "0.100000:2:shipping"]
+    assert top_classes([-2.5, 3.25], 1, []) == ["3.250000:1"]  # no labels: "value:index"
+
+
+def test_classification_answers_shape_batch_by_k_in_json_and_binary() -> None:
+    logits = [[1.0, 4.0, 2.0, 3.0], [0.5, -1.0, 9.0, 0.0]]
+    probabilities = [[0.1, 0.6, 0.1, 0.2], [0.2, 0.1, 0.6, 0.1]]
+    request = parse(texts_request("a", "b", outputs=[
+        {"name": "logits", "parameters": {"classification": 2}},
+        {"name": "probabilities", "parameters": {"classification": 1, "binary_data": True}}]))
+    body, headers = build_infer_response("clf", "1", request, logits, probabilities,
+                                         ["billing", "shipping"], LABELS)
+    head = int(headers["inference-header-content-length"])
+    answer = json.loads(body[:head])
+    by_logits, by_probabilities = answer["outputs"]
+    assert by_logits == {"name": "logits", "datatype": "BYTES", "shape": [2, 2], "data": [
+        "4.000000:1:billing", "3.000000:3:technical", "9.000000:2:shipping", "0.500000:0:account"]}
+    assert by_probabilities["datatype"] == "BYTES" and by_probabilities["shape"] == [2, 1]
+    assert body[head:] == bytes_elements(b"0.600000:1:billing", b"0.600000:2:shipping")
+    assert by_probabilities["parameters"] == {"binary_data_size": len(body) - head}
+
+
+def test_binary_data_output_makes_every_output_binary() -> None:
+    request = parse(texts_request("a", parameters={"binary_data_output": True}))
+    body, headers = build_infer_response("clf", "1", request, [[1.0, 2.0]], [[0.25, 0.75]],
+                                         ["billing"])
+    assert headers["content-type"] == "application/octet-stream"
+    head = int(headers["inference-header-content-length"])
+    outputs = json.loads(body[:head])["outputs"]
+    assert [o["parameters"]["binary_data_size"] for o in outputs] == [8, 8, 11]
+    assert all("data" not in o for o in outputs)
+    assert body[head:] == (struct.pack("<2f", 1.0, 2.0) + struct.pack("<2f", 0.25, 0.75)
+                           + bytes_elements(b"billing"))
+
+
+@pytest.mark.parametrize(("body", "ready_only"), [
+    (b"", False), (b" \n", False), (b"{}", False), (b'{"ready": false}', False),
+    (b'{"ready": true}', True), (b'{"ready": null, "other": 1}', False)])
+def test_a_repository_index_request_is_empty_or_asks_for_ready_models(body: bytes,
+                                                                      ready_only: bool) -> None:
+    assert parse_index_request(body) is ready_only
+
+
+@pytest.mark.parametrize(("body", "message"), [
+    (b"[true]", "must be empty or a JSON object"), (b'{"ready": "yes"}', "must be true or false"),
+    (b"{", "not valid JSON")])
+def test_a_malformed_repository_index_request_is_refused(body: bytes, message: str) -> None:
+    with pytest.raises(ProtocolError, match=message):
+        parse_index_request(body)

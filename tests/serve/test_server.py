@@ -33,7 +33,10 @@ def free_port() -> int:
 
 def start_server(run: Path, env: dict[str, str], *args: str,
                  name: str | None = "clf") -> tuple[subprocess.Popen[bytes], str]:
-    """`kiln serve run --port 0 ...`, once ready: (the process, its host:port)."""
+    """`kiln serve run --port 0 ...`, once ready: (the process, its host:port). gRPC is off
+    unless ``args`` name a --grpc-port: servers started at once would collide on its default."""
+    if "--grpc-port" not in args:
+        args = (*args, "--grpc-port", "0")
     fd, log_name = tempfile.mkstemp(prefix="serve-", suffix=".log", dir=run.parent)
     log = Path(log_name)
     with open(fd, "wb") as out:  # the child keeps its own handle

@@ -21,6 +21,10 @@ def add_parser(sub: Any) -> None:
     parser.add_argument("--host", default="127.0.0.1", help="bind address (default 127.0.0.1)")
     parser.add_argument("--port", type=int, default=8000,
                         help="port (default 8000; 0: a free port, printed once bound)")
+    parser.add_argument("--grpc-port", type=int, default=8001, metavar="PORT",
+                        help="also serve the protocol's gRPC binding (Triton's and KServe's "
+                        "GRPCInferenceService) on this port, with the same batching, limits, "
+                        "API key and metrics (default 8001; 0: HTTP only)")
     parser.add_argument("--name", help="model name when PATH is one model (default: its run "
                         "folder's name)")
     parser.add_argument("--artifact", help="artifact to serve (default: the recommended one)")
@@ -84,6 +88,12 @@ def run(args: argparse.Namespace) -> int:
                  "max_connections"):
         if getattr(args, flag) < 1:
             raise KilnError(f"--{flag.replace('_', '-')} must be at least 1")
+    if not 0 <= args.grpc_port <= 65535:
+        raise KilnError(f"--grpc-port must be a port number (0 turns gRPC off), got "
+                        f"{args.grpc_port}")
+    if args.grpc_port and args.grpc_port == args.port:
+        raise KilnError(f"--grpc-port {args.grpc_port} is the HTTP --port too; give gRPC its own "
+                        "port (or 0 to turn it off)")
     for flag in ("header_timeout", "body_timeout", "read_timeout", "timeout_keep_alive"):
         if not getattr(args, flag) > 0:
             raise KilnError(f"--{flag.replace('_', '-')} must be above 0 seconds")
@@ -95,11 +105,14 @@ def run(args: argparse.Namespace) -> int:
         artifact=args.artifact, spin_wait=args.spin_wait, workers=args.workers,
         header_timeout_s=args.header_timeout, body_timeout_s=args.body_timeout,
         read_timeout_s=args.read_timeout, keep_alive_s=args.timeout_keep_alive,
-        max_connections=args.max_connections, compute_nice=args.compute_nice)
+        max_connections=args.max_connections, compute_nice=args.compute_nice,
+        grpc_port=args.grpc_port)
     served = ", ".join(f"{m} (versions {', '.join(sorted(v, key=int))})" for m, v in repository.items())
 
     def announce(port: int) -> None:  # once bound: with --port 0, this is where the port is told
         print(f"kiln serve: http://{args.host}:{port}  models: {served}", flush=True)
+        if args.grpc_port:
+            print(f"kiln serve: grpc://{args.host}:{args.grpc_port}", flush=True)
 
     run_server(repository, settings, args.host, args.port, on_bound=announce)
     return 0

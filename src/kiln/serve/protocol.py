@@ -1,4 +1,6 @@
-"""The Open Inference Protocol (KServe v2) request and response bodies, JSON and binary.
+"""The Open Inference Protocol (KServe v2) request and response bodies, JSON and binary, with the
+Triton extensions kiln speaks in them: binary tensor data (raw binary requests included) and
+classification.
 
 A request is checked in full here, before it joins a batch: content the model cannot take (a text
 that is not UTF-8, a token id the model does not embed) would otherwise fail every request batched
@@ -14,7 +16,7 @@ import math
 import re
 import reprlib
 import struct
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -26,6 +28,7 @@ DTYPES = {"logits": "FP32", "probabilities": "FP32", "label": "BYTES"}
 INPUTS = {"text": "BYTES", "input_ids": "INT64", "attention_mask": "INT64"}
 MAX_DEPTH = 100  # levels of JSON nesting a request may use (Triton's limit)
 INT64_MAX = 2**63 - 1
+UINT64_MAX = 2**64 - 1  # the largest parameters.timeout Triton takes (microseconds)
 
 
 class ProtocolError(ServeError):
@@ -39,11 +42,13 @@ class InferRequest:
     input_ids: list[list[int]] | None  # INT64 inputs, unpadded rows
     outputs: list[str]
     binary_outputs: set[str]
-    timeout_s: float | None
+    timeout_s: float | None  # parameters.timeout (sent in microseconds); None: the server's
+    # classification extension: output name -> how many top classes to answer with, per row
+    classification: dict[str, int] = field(default_factory=dict)
 
 
 def parse_infer_request(body: bytes, header_length: str | None, max_length: int, *,
-                        vocabulary: int | None = None) -> InferRequest:
+                        vocabulary: int | None = None, classes: int | None = None) -> InferRequest:
     """Decode and check a JSON (or binary-extension) infer request.
 
     The JSON must be UTF-8, at most `MAX_DEPTH` levels deep, without NaN or Infinity; ``null``
@@ -62,17 +67,29 @@ def parse_infer_request(body: bytes, header_length: str | None, max_length: int,
       little-endian length and that many bytes, the last ending at the chunk's end. BYTES
       elements must be valid UTF-8 (the protocol's BYTES are raw bytes, but this model reads
       text: replacing bad bytes would answer for a text the client never sent).
-    - optional ``id`` (a string), ``outputs`` (objects with distinct known names and a boolean
-      ``binary_data``; [] means all), ``parameters`` (an object wherever it appears, with string,
-      number or boolean values) and ``parameters.timeout`` (a finite positive number of seconds).
+    - a raw binary request (``header_length`` 0, Triton's binary extension): the whole body is
+      one text, as UTF-8 bytes (no length prefix: Triton adds it itself for a BYTES raw input);
+      a batch of one, every output answered, all of them as binary data.
+    - optional ``id`` (a string), ``outputs`` (objects with distinct known names, a boolean
+      ``binary_data`` and ``classification``; [] means all), ``parameters`` (an object wherever
+      it appears, with string, number or boolean values; shared memory is refused),
+      ``parameters.timeout`` (microseconds, Triton's unit: a number from 0 to 2^64 - 1; 0 is no
+      timeout of the request's own, so the server's) and ``parameters.binary_data_output`` (a
+      boolean: every output binary unless its own ``binary_data`` says otherwise).
+    - ``classification: K`` on ``logits`` or ``probabilities`` (1 <= K <= ``classes``; 0 is the
+      plain tensor, as in Triton): the output answers the top K classes of each row instead.
 
     Args:
         vocabulary: token ids must be below it (None: only checked to be >= 0).
+        classes: how many classes the model has: the most a classification may ask for (None:
+            not checked).
 
     Raises:
         ProtocolError: the first rule the request breaks, naming the input (and element).
     """
     json_part, binary = _split(body, header_length)
+    if json_part is None:
+        return _raw_request(binary)
     req = _load_json(json_part)
     if not isinstance(req, dict):
         raise ProtocolError("request must be a JSON object with a non-empty 'inputs' list")
@@ -84,34 +101,33 @@ def parse_infer_request(body: bytes, header_length: str | None, max_length: int,
     texts, rows = tensors.get("text"), None
     if texts is None:
         rows = _token_rows(tensors["input_ids"], tensors["attention_mask"], max_length, vocabulary)
-    outputs, binary_outputs = _requested_outputs(req.get("outputs"))
+    params = _parameters(req, "request")
+    outputs = _requested_outputs(req.get("outputs"), _binary_data_output(params), classes)
     return InferRequest(id=_request_id(req.get("id")), texts=texts, input_ids=rows,
-                        outputs=outputs, binary_outputs=binary_outputs,
-                        timeout_s=_timeout(_parameters(req, "request")))
+                        outputs=outputs.names, binary_outputs=outputs.binary,
+                        timeout_s=_timeout(params), classification=outputs.classification)
 
 
 def build_infer_response(
     model: str, version: str, request: InferRequest, logits: list[list[float]],
-    probabilities: list[list[float]], labels: list[str],
+    probabilities: list[list[float]], labels: list[str], label_names: list[str] | None = None,
 ) -> tuple[bytes, dict[str, str]]:
     """The response body and extra headers (binary extension when any output asked for it).
 
     Plain Python lists in, no numpy: this runs on the event loop, where a numpy call that drops
     the GIL lets the inference thread take it for a whole switch interval.
+
+    Args:
+        label_names: the model's classes, in output order, for the classification strings
+            (None: the strings carry no label, "value:index").
     """
-    rows = len(labels)
     outputs, chunks = [], []
     for name in request.outputs:
-        entry: dict[str, Any] = {"name": name, "datatype": DTYPES[name]}
-        flat: list[Any]
-        if name == "label":
-            entry["shape"], flat = [rows], labels
-        else:
-            matrix = logits if name == "logits" else probabilities
-            entry["shape"] = [rows, len(matrix[0]) if matrix else 0]
-            flat = [x for row in matrix for x in row]
+        dtype, shape, flat = _output_tensor(name, request.classification.get(name, 0), logits,
+                                            probabilities, labels, label_names or [])
+        entry: dict[str, Any] = {"name": name, "datatype": dtype, "shape": shape}
         if name in request.binary_outputs:
-            raw = _encode_bytes(labels) if name == "label" else struct.pack(f"<{len(flat)}f", *flat)
+            raw = _encode_bytes(flat) if dtype == "BYTES" else struct.pack(f"<{len(flat)}f", *flat)
             entry["parameters"] = {"binary_data_size": len(raw)}
             chunks.append(raw)
         else:
@@ -127,8 +143,32 @@ def build_infer_response(
                                      "content-type": "application/octet-stream"}
 
 
-def _split(body: bytes, header_length: str | None) -> tuple[bytes, bytes]:
-    """The JSON header and the binary data after it."""
+def _output_tensor(name: str, top_k: int, logits: list[list[float]],
+                   probabilities: list[list[float]], labels: list[str],
+                   label_names: list[str]) -> tuple[str, list[int], list[Any]]:
+    """An output's datatype, shape and values in row-major order (``top_k`` > 0: its top classes
+    per row, as the classification extension answers them)."""
+    if name == "label":
+        return DTYPES[name], [len(labels)], labels
+    matrix = logits if name == "logits" else probabilities
+    if top_k:
+        return "BYTES", [len(matrix), top_k], [
+            text for row in matrix for text in top_classes(row, top_k, label_names)]
+    return DTYPES[name], [len(matrix), len(matrix[0]) if matrix else 0], [
+        x for row in matrix for x in row]
+
+
+def top_classes(row: list[float], k: int, label_names: list[str]) -> list[str]:
+    """The ``k`` highest values of ``row`` as Triton's classification strings
+    "value:index:label" (the value as C's ``%f`` prints it, as Triton does; ties go to the lower
+    index; no ":label" where ``label_names`` has none)."""
+    best = sorted(range(len(row)), key=lambda i: (-row[i], i))[:k]
+    return [f"{row[i]:f}:{i}:{label_names[i]}" if i < len(label_names) else f"{row[i]:f}:{i}"
+            for i in best]
+
+
+def _split(body: bytes, header_length: str | None) -> tuple[bytes | None, bytes]:
+    """The JSON header and the binary data after it (no header: a raw binary request)."""
     if header_length is None:
         return body, b""
     digits = header_length.strip()
@@ -140,7 +180,23 @@ def _split(body: bytes, header_length: str | None) -> tuple[bytes, bytes]:
         shown = digits if len(digits) < 20 else f"{digits[:16]}..."
         raise ProtocolError(f"Inference-Header-Content-Length {shown} exceeds the body "
                             f"({len(body)} bytes)")
+    if n == 0:  # the binary extension's raw binary request: no JSON at all
+        return None, body
     return body[:n], body[n:]
+
+
+def _raw_request(body: bytes) -> InferRequest:
+    """A raw binary request: ``body`` is one text (UTF-8), every output is answered in binary."""
+    if not body:
+        raise ProtocolError("raw binary request (Inference-Header-Content-Length: 0) with an "
+                            "empty body: send the text to classify as the body")
+    try:
+        text = body.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ProtocolError(f"raw binary request: the body is not valid UTF-8 ({exc.reason} at "
+                            f"byte {exc.start}); it must be the text to classify") from None
+    return InferRequest(id=None, texts=_texts("text", [text]), input_ids=None,
+                        outputs=list(OUTPUTS), binary_outputs=set(OUTPUTS), timeout_s=None)
 
 
 def _refuse_constant(name: str) -> Any:
@@ -383,37 +439,71 @@ def _token_rows(ids: np.ndarray, mask: np.ndarray, max_length: int,
     return [ids[i][mask[i] != 0].tolist() or [0] for i in range(ids.shape[0])]
 
 
-def _requested_outputs(spec: Any) -> tuple[list[str], set[str]]:
-    """The outputs asked for (all when none is named) and those wanted as binary data."""
+@dataclass
+class _Outputs:
+    names: list[str]
+    binary: set[str]  # those answered as binary data
+    classification: dict[str, int]  # name -> top K classes
+
+
+def _requested_outputs(spec: Any, binary_default: bool, classes: int | None) -> _Outputs:
+    """The outputs asked for (all when none is named), those wanted as binary data (by default
+    when ``binary_default``) and those wanted as their top classes."""
     if spec is None or spec == []:
-        return list(OUTPUTS), set()
+        return _Outputs(list(OUTPUTS), set(OUTPUTS) if binary_default else set(), {})
     if not isinstance(spec, list):
         raise ProtocolError("'outputs' must be a list of {\"name\": ...}")
-    names: list[str] = []
-    binary = set()
+    asked = _Outputs([], set(), {})
     for i, o in enumerate(spec):
         name = o.get("name") if isinstance(o, dict) else None
         if not isinstance(name, str):
             raise ProtocolError(f"outputs[{i}] must be an object with a string 'name'")
         if name not in OUTPUTS:
             raise ProtocolError(f"unknown output {_show(name)}; outputs are {list(OUTPUTS)}")
-        if name in names:
+        if name in asked.names:
             raise ProtocolError(f"output '{name}' is asked for twice; name each output once")
-        names.append(name)
-        if _output_is_binary(name, _parameters(o, f"output '{name}'")):
-            binary.add(name)
-    return names, binary
+        asked.names.append(name)
+        params = _parameters(o, f"output '{name}'")
+        if _output_is_binary(name, params, binary_default):
+            asked.binary.add(name)
+        top_k = _classification(name, params, classes)
+        if top_k:
+            asked.classification[name] = top_k
+    return asked
 
 
-def _output_is_binary(name: str, params: dict[str, Any]) -> bool:
-    if params.get("classification") is not None:
-        raise ProtocolError(f"output '{name}': the classification extension is not supported; "
-                            "ask for 'label' and 'probabilities'")
+def _output_is_binary(name: str, params: dict[str, Any], default: bool) -> bool:
     flag = params.get("binary_data")
     if flag is not None and type(flag) is not bool:
         raise ProtocolError(f"output '{name}': parameters.binary_data must be true or false, "
                             f"got {_show(flag)}")
+    return default if flag is None else flag
+
+
+def _binary_data_output(params: dict[str, Any]) -> bool:
+    """The request's parameters.binary_data_output: every output binary unless it says not."""
+    flag = params.get("binary_data_output")
+    if flag is not None and type(flag) is not bool:
+        raise ProtocolError("parameters.binary_data_output must be true or false, got "
+                            f"{_show(flag)}")
     return flag is True
+
+
+def _classification(name: str, params: dict[str, Any], classes: int | None) -> int:
+    """How many top classes output ``name`` asks for (0: none; the plain tensor)."""
+    top_k = params.get("classification")
+    if top_k is None or (top_k == 0 and type(top_k) is int):
+        return 0
+    if type(top_k) is not int or top_k < 0:
+        raise ProtocolError(f"output '{name}': parameters.classification must be a non-negative "
+                            f"integer (how many top classes), got {_show(top_k)}")
+    if name == "label":
+        raise ProtocolError("output 'label' is BYTES and has no class scores to rank; ask for "
+                            "classification on 'probabilities' or 'logits'")
+    if classes is not None and top_k > classes:
+        raise ProtocolError(f"output '{name}': classification {top_k} asks for more classes than "
+                            f"the model has; ask for 1 .. {classes}")
+    return top_k
 
 
 def _parameters(owner: dict[str, Any], where: str) -> dict[str, Any]:
@@ -427,22 +517,43 @@ def _parameters(owner: dict[str, Any], where: str) -> dict[str, Any]:
         if isinstance(value, (list, dict)):
             raise ProtocolError(f"{where}: parameter {_show(key)} must be a string, number or "
                                 f"boolean, got {_show(value)}")
+    if "shared_memory_region" in params:  # ignoring it would leave the client's region empty
+        raise ProtocolError(f"{where}: shared memory is not supported; send the data in the "
+                            "request body (JSON or binary) and read it from the answer")
     return params
 
 
 def _timeout(params: dict[str, Any]) -> float | None:
-    """parameters.timeout in seconds (None: the server's)."""
+    """parameters.timeout, sent in microseconds (Triton's unit, what tritonclient's
+    ``infer(timeout=...)`` sends), in seconds (None: the server's --timeout, also for 0, which
+    Triton reads as "no timeout of the request's own")."""
     timeout = params.get("timeout")
     if timeout is None:
         return None
-    try:
-        seconds = float(timeout) if type(timeout) in (int, float) else math.nan
-    except OverflowError:  # an integer beyond float's range
-        seconds = math.inf
-    if not (math.isfinite(seconds) and seconds > 0):
-        raise ProtocolError("parameters.timeout must be a finite positive number of seconds, got "
-                            f"{_show(timeout)}")
-    return seconds
+    # comparisons, not float(): an integer of 400 digits compares fine, NaN fails both
+    if type(timeout) not in (int, float) or not 0 <= timeout <= UINT64_MAX:
+        raise ProtocolError("parameters.timeout must be a number of microseconds from 0 to "
+                            f"{UINT64_MAX} (0: the server's timeout), got {_show(timeout)}")
+    return timeout / 1e6 or None
+
+
+def parse_index_request(body: bytes) -> bool:
+    """Whether a repository index request asks for the ready models only: its body is empty, or
+    a JSON object with an optional boolean ``ready``.
+
+    Raises:
+        ProtocolError: any other body.
+    """
+    if not body.strip():
+        return False
+    req = _load_json(body)
+    if not isinstance(req, dict):
+        raise ProtocolError("a repository index request must be empty or a JSON object such as "
+                            f"{{\"ready\": true}}, got {_show(req)}")
+    ready = req.get("ready")
+    if ready is not None and type(ready) is not bool:
+        raise ProtocolError(f"'ready' must be true or false, got {_show(ready)}")
+    return ready is True
 
 
 def _request_id(value: Any) -> str | None:

@@ -6,10 +6,12 @@ it back, and on a small machine the two also fight for cores. Measured on 2 core
 one process spent 0.58 ms of wall time per text in the model (0.24 ms in a quiet process). Worker
 processes each own a loop, a batcher and a model copy, like Triton model instances in processes.
 
-Each worker binds its own SO_REUSEPORT socket, so the kernel spreads connections evenly over them.
+Each worker binds its own SO_REUSEPORT socket, so the kernel spreads connections evenly over them
+(its gRPC server's too, when gRPC is on: see serve/grpc_adapter.py).
 (uvicorn's ``workers=N`` shares one listening socket instead, and whichever worker wakes first takes
-most connections: 28 of 32 clients on one of two workers, measured.) The supervisor binds the port
-first, so that ``--port 0`` (a free port the OS picks) gives every worker the same one.
+most connections: 28 of 32 clients on one of two workers, measured.) The supervisor binds the ports
+first, so that ``--port 0`` (a free port the OS picks) gives every worker the same one, and so that
+a port another server holds is refused before any model loads.
 
 The supervisor replaces a worker that dies (see `WorkerGroup`); a worker reports ready only while
 all are (see `WorkerStates.all_ready`). SIGTERM drains the requests in flight, then exits 0, with
@@ -57,36 +59,49 @@ def run_server(
     repository: Repository, settings: ServeSettings, host: str, port: int,
     on_bound: Callable[[int], None] | None = None,
 ) -> None:
-    """Serve ``repository`` until SIGINT/SIGTERM, draining in-flight requests first.
+    """Serve ``repository`` until SIGINT/SIGTERM, draining in-flight requests first: HTTP on
+    ``port``, and gRPC on ``settings.grpc_port`` unless it is 0.
 
     ``port`` 0 takes a free port chosen by the OS; ``on_bound`` is called with the port once it
-    is bound, before the models load (poll /v2/health/ready to know when they have).
+    (and the gRPC port) is bound, before the models load (poll /v2/health/ready to know when they
+    have).
 
     Raises:
-        KilnError: the port is taken, or a worker process failed to start (its error is in the
+        KilnError: a port is taken, or a worker process failed to start (its error is in the
             log above).
     """
-    if settings.workers == 1:
-        sock = _bind(host, port)
-        if on_bound is not None:
-            on_bound(sock.getsockname()[1])
-        core = InferenceCore(repository, settings)
-
-        async def start_one() -> None:
-            await core.start()
-            _freeze_heap()
-
-        adapter = RestAdapter(core)
-        _serve(asgi_app(adapter.routes(), start_one, core.stop), sock, settings,
-               adapter.early_reply)
-        return
-    if not hasattr(socket, "SO_REUSEPORT"):
+    if settings.workers > 1 and not hasattr(socket, "SO_REUSEPORT"):
         raise KilnError("--workers above 1 needs SO_REUSEPORT (Linux, macOS); use --workers 1")
-    with _reserve_shared_port(host, port) as reserved:
-        port = reserved.getsockname()[1]
+    # each worker binds its own SO_REUSEPORT sockets; these hold the ports for them meanwhile
+    http = _bind(host, port) if settings.workers == 1 else _reserve_shared_port(host, port)
+    with http, _reserve_grpc_port(host, settings.grpc_port):
+        port = http.getsockname()[1]
         if on_bound is not None:
             on_bound(port)
-        _run_workers(repository, settings, host, port)
+        if settings.workers == 1:
+            _serve_one(repository, settings, host, http)
+        else:
+            _run_workers(repository, settings, host, port)
+
+
+def _serve_one(repository: Repository, settings: ServeSettings, host: str,
+               sock: socket.socket) -> None:
+    core = InferenceCore(repository, settings)
+    process = ServingProcess(core, host)
+    adapter = RestAdapter(core)
+    _serve(asgi_app(adapter.routes(), process.start, process.stop), sock, settings,
+           adapter.early_reply)
+
+
+def _reserve_grpc_port(host: str, port: int) -> contextlib.AbstractContextManager[Any]:
+    """The gRPC port held for the workers' gRPC servers (see `_reserve_shared_port`); nothing
+    for port 0 (gRPC off).
+
+    Raises:
+        KilnError: the port is taken (by another kiln serve, Triton, ...: grpc's own sockets are
+            SO_REUSEPORT, so without this check two servers would share it unknowingly).
+    """
+    return contextlib.nullcontext() if port == 0 else _reserve_shared_port(host, port)
 
 
 def _run_workers(repository: Repository, settings: ServeSettings, host: str, port: int) -> None:
@@ -270,18 +285,48 @@ def _worker(repository: Repository, settings: ServeSettings, host: str, port: in
         restarts.inc()
     core = InferenceCore(repository, settings, peers_ready=states.all_ready)
 
-    async def start() -> None:
-        await core.start()
-        _freeze_heap()
+    def ready() -> None:
         states[slot] = READY
 
-    async def stop() -> None:
+    def draining() -> None:
         states[slot] = DRAINING
-        await core.stop()
 
+    process = ServingProcess(core, host, ready, draining)
     adapter = RestAdapter(core)
-    _serve(asgi_app(adapter.routes(), start, stop), _bind(host, port, reuse_port=True), settings,
-           adapter.early_reply)
+    _serve(asgi_app(adapter.routes(), process.start, process.stop),
+           _bind(host, port, reuse_port=True), settings, adapter.early_reply)
+
+
+@dataclass
+class ServingProcess:
+    """What a serving process does before its first request and after its last, around its
+    core: load the models, open gRPC (when ``settings.grpc_port``), say ready; on shutdown (once
+    uvicorn has drained HTTP), say draining, drain and close gRPC, stop the core."""
+
+    core: InferenceCore
+    host: str
+    on_ready: Callable[[], None] = lambda: None
+    on_draining: Callable[[], None] = lambda: None
+    grpc_server: Any = None  # a grpc.aio.Server while it runs
+
+    async def start(self) -> None:
+        """Raises: KilnError: a model cannot be served, or the gRPC port cannot be bound."""
+        await self.core.start()
+        grpc_port = self.core.settings.grpc_port
+        if grpc_port:
+            from kiln.serve.grpc_adapter import start_grpc_server  # grpc loads only if asked
+
+            self.grpc_server = await start_grpc_server(self.core, self.host, grpc_port)
+        _freeze_heap()
+        self.on_ready()
+
+    async def stop(self) -> None:
+        self.on_draining()
+        if self.grpc_server is not None:
+            from kiln.serve.grpc_adapter import GRACE_S
+
+            await self.grpc_server.stop(GRACE_S)  # new RPCs refused, those in flight answered
+        await self.core.stop()
 
 
 def _freeze_heap() -> None:

@@ -35,3 +35,6 @@ class ServeSettings:
     # nginx, above the 60 s idle timeout of common load balancers (uvicorn's 5 s is below them).
     keep_alive_s: float = 75.0
     max_connections: int = 1000  # per worker; requests on connections beyond it get 503
+    # The Open Inference Protocol's gRPC binding on this port, beside HTTP (Triton's default
+    # port); 0: HTTP only. Every worker serves it (see serve/grpc_adapter.py).
+    grpc_port: int = 8001
