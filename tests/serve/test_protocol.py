@@ -91,9 +91,9 @@ VALID: list[tuple[str, bytes, str | None, InferRequest]] = [
     ("json texts", texts_request("where is my parcel", "naïve café 😀"), None,
      expected(["where is my parcel", "naïve café 😀"])),
     ("json texts [batch, 1] nested", dumps({"inputs": [text_input([["a"], ["b"]], [2, 1])]}),
-     None, expected(["a", "b"])),
+     None, expected(["a", "b"], column=True)),
     ("json texts [batch, 1] flat", dumps({"inputs": [text_input(["a", "b"], [2, 1])]}), None,
-     expected(["a", "b"])),
+     expected(["a", "b"], column=True)),
     ("brackets inside strings are not nesting", texts_request("[" * 300 + "{" * 300), None,
      expected(["[" * 300 + "{" * 300])),
     ("id, outputs, binary output, timeout",
@@ -140,9 +140,9 @@ VALID: list[tuple[str, bytes, str | None, InferRequest]] = [
      expected(["hi"], outputs=["probabilities"])),
     # Triton's raw binary request: the body is the one text, every output comes back binary
     ("raw binary request", "naïve café, where is my parcel".encode(), "0",
-     expected(["naïve café, where is my parcel"], binary_outputs=set(OUTPUTS))),
+     expected(["naïve café, where is my parcel"], binary_outputs=set(OUTPUTS), column=True)),
     ("raw binary request that looks like JSON", b'{"inputs": []}', " 0",
-     expected(['{"inputs": []}'], binary_outputs=set(OUTPUTS))),
+     expected(['{"inputs": []}'], binary_outputs=set(OUTPUTS), column=True)),
     ("json ids, flat", ids_request([2, 10, 11, 3, 2, 12, 0, 0], [1, 1, 1, 1, 1, 1, 0, 0], [2, 4]),
      None, expected(rows=[[2, 10, 11, 3], [2, 12]])),
     ("json ids, nested", ids_request([[2, 10, 11, 3]], [[1, 1, 1, 1]], [1, 4]), None,
@@ -461,3 +461,14 @@ def test_a_repository_index_request_is_empty_or_asks_for_ready_models(body: byte
 def test_a_malformed_repository_index_request_is_refused(body: bytes, message: str) -> None:
     with pytest.raises(ProtocolError, match=message):
         parse_index_request(body)
+
+
+@pytest.mark.parametrize(("shape", "label_shape"), [([2], [2]), ([2, 1], [2, 1])])
+def test_the_label_keeps_the_shape_the_text_came_in(shape: list[int],
+                                                    label_shape: list[int]) -> None:
+    # Triton's clients send a dims [1] input as [batch, 1] and read [batch, 1] back
+    request = parse(dumps({"inputs": [text_input(["a", "b"], shape)]}))
+    body, _ = build_infer_response("clf", "1", request, [[0.0] * 4] * 2, [[0.25] * 4] * 2,
+                                   ["billing", "billing"], LABELS)
+    label = next(o for o in json.loads(body)["outputs"] if o["name"] == "label")
+    assert label["shape"] == label_shape and label["data"] == ["billing", "billing"]

@@ -75,7 +75,9 @@ def parse_model_infer(request: pb.ModelInferRequest, max_length: int, *,
         timeout_s = max(1e-3, min(deadline_s, timeout_s or math.inf))
     return InferRequest(id=request.id or None, texts=texts, input_ids=rows,
                         outputs=outputs.names, binary_outputs=set(), timeout_s=timeout_s,
-                        classification=outputs.classification)
+                        classification=outputs.classification,
+                        column=any(t.name == "text" and len(t.shape) == 2
+                                   for t in request.inputs))
 
 
 def _values(parameters: Any) -> dict[str, Any]:
@@ -162,9 +164,8 @@ def build_model_infer_response(result: InferResult, request: InferRequest, raw: 
     response = pb.ModelInferResponse(model_name=result.model, model_version=result.version,
                                      id=request.id or "")
     for name in request.outputs:
-        dtype, shape, flat = _output_tensor(name, request.classification.get(name, 0),
-                                            result.logits, result.probabilities, result.labels,
-                                            label_names)
+        dtype, shape, flat = _output_tensor(name, request, result.logits,
+                                            result.probabilities, result.labels, label_names)
         tensor = response.outputs.add(name=name, datatype=dtype, shape=shape)
         if raw:
             response.raw_output_contents.append(

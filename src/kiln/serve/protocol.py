@@ -45,6 +45,9 @@ class InferRequest:
     timeout_s: float | None  # parameters.timeout (sent in microseconds); None: the server's
     # classification extension: output name -> how many top classes to answer with, per row
     classification: dict[str, int] = field(default_factory=dict)
+    # the text came as [batch, 1] (as Triton's clients send a dims [1] input): the label is
+    # answered [batch, 1] too, as Triton answers an output of dims [1]; else [batch]
+    column: bool = False
 
 
 def parse_infer_request(body: bytes, header_length: str | None, max_length: int, *,
@@ -105,7 +108,9 @@ def parse_infer_request(body: bytes, header_length: str | None, max_length: int,
     outputs = _requested_outputs(req.get("outputs"), _binary_data_output(params), classes)
     return InferRequest(id=_request_id(req.get("id")), texts=texts, input_ids=rows,
                         outputs=outputs.names, binary_outputs=outputs.binary,
-                        timeout_s=_timeout(params), classification=outputs.classification)
+                        timeout_s=_timeout(params), classification=outputs.classification,
+                        column=any(spec["name"] == "text" and len(spec["shape"]) == 2
+                                   for spec in specs))
 
 
 def build_infer_response(
@@ -123,8 +128,8 @@ def build_infer_response(
     """
     outputs, chunks = [], []
     for name in request.outputs:
-        dtype, shape, flat = _output_tensor(name, request.classification.get(name, 0), logits,
-                                            probabilities, labels, label_names or [])
+        dtype, shape, flat = _output_tensor(name, request, logits, probabilities, labels,
+                                            label_names or [])
         entry: dict[str, Any] = {"name": name, "datatype": dtype, "shape": shape}
         if name in request.binary_outputs:
             raw = _encode_bytes(flat) if dtype == "BYTES" else struct.pack(f"<{len(flat)}f", *flat)
@@ -143,13 +148,14 @@ def build_infer_response(
                                      "content-type": "application/octet-stream"}
 
 
-def _output_tensor(name: str, top_k: int, logits: list[list[float]],
+def _output_tensor(name: str, request: InferRequest, logits: list[list[float]],
                    probabilities: list[list[float]], labels: list[str],
                    label_names: list[str]) -> tuple[str, list[int], list[Any]]:
-    """An output's datatype, shape and values in row-major order (``top_k`` > 0: its top classes
-    per row, as the classification extension answers them)."""
+    """An output's datatype, shape and values in row-major order (with a classification asked
+    for it: its top classes per row, as the classification extension answers them)."""
     if name == "label":
-        return DTYPES[name], [len(labels)], labels
+        return DTYPES[name], [len(labels), 1] if request.column else [len(labels)], labels
+    top_k = request.classification.get(name, 0)
     matrix = logits if name == "logits" else probabilities
     if top_k:
         return "BYTES", [len(matrix), top_k], [
@@ -196,7 +202,8 @@ def _raw_request(body: bytes) -> InferRequest:
         raise ProtocolError(f"raw binary request: the body is not valid UTF-8 ({exc.reason} at "
                             f"byte {exc.start}); it must be the text to classify") from None
     return InferRequest(id=None, texts=_texts("text", [text]), input_ids=None,
-                        outputs=list(OUTPUTS), binary_outputs=set(OUTPUTS), timeout_s=None)
+                        outputs=list(OUTPUTS), binary_outputs=set(OUTPUTS), timeout_s=None,
+                        column=True)  # Triton's raw input is the model's dims [1]: [1, 1]
 
 
 def _refuse_constant(name: str) -> Any:
