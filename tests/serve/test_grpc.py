@@ -104,6 +104,23 @@ def test_texts_get_the_labels_rest_gives(server: tuple[str, str],
     np.testing.assert_allclose(result.as_numpy("probabilities").sum(axis=1), 1.0, rtol=1e-5)
 
 
+@pytest.mark.parametrize("compression", ["gzip", "deflate"])
+def test_classification_and_compression(client: grpcclient.InferenceServerClient,
+                                        compression: str) -> None:
+    texts = [t.encode() for t in TEXTS[:2]]
+    plain = client.infer("clf", [texts_input(*texts)], headers=AUTH)
+    top = client.infer("clf", [texts_input(*texts)], headers=AUTH,
+                       outputs=[grpcclient.InferRequestedOutput("probabilities", class_count=2)],
+                       compression_algorithm=compression)
+    classes = top.as_numpy("probabilities")  # "value:index:label", the top 2 of each row
+    assert classes.shape == (2, 2)
+    for row, probabilities, label in zip(classes, plain.as_numpy("probabilities"),
+                                         plain.as_numpy("label")):
+        value, index, name = row[0].decode().split(":")
+        assert int(index) == int(np.argmax(probabilities)) and name.encode() == label
+        assert float(value) == pytest.approx(float(probabilities.max()), abs=1e-6)
+
+
 def test_token_ids_and_the_outputs_asked_for(client: grpcclient.InferenceServerClient) -> None:
     outputs = [grpcclient.InferRequestedOutput("logits")]
     result = client.infer("clf", token_inputs([[2, 10, 11, 3], [2, 12, 3, 0]]), outputs=outputs,
