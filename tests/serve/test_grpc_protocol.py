@@ -16,7 +16,7 @@ from kiln.serve.core import InferResult
 from kiln.serve.grpc_adapter import status_code
 from kiln.serve.grpc_protocol import CONTENTS, build_model_infer_response, parse_model_infer
 from kiln.serve.proto import grpc_service_pb2 as pb
-from kiln.serve.protocol import ProtocolError
+from kiln.serve.tensors import ProtocolError
 
 MAX_LENGTH, VOCABULARY = 8, 100
 LABELS = ["account", "billing", "shipping", "technical"]

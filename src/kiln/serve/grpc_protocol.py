@@ -1,12 +1,12 @@
 """The Open Inference Protocol's gRPC messages, read into the core's terms and written back.
 
-A ModelInferRequest is checked by the same rules as a REST request (see `protocol.py`, whose checks
-are reused here), before it joins a batch: names, datatypes, shapes against the values, UTF-8,
-token ids within the vocabulary. Only the wire differs: values arrive in a tensor's ``contents``
-field of its datatype, or all inputs' in ``raw_input_contents`` (little-endian values; each BYTES
-element a 4-byte little-endian length and its bytes), and the answer uses the same form as the
-request (raw in, raw out, as Triton answers). Each refusal is a `ProtocolError` (400, so
-INVALID_ARGUMENT) naming the input.
+A ModelInferRequest is checked by the same rules as a REST request (those of `tensors.py`), before
+it joins a batch: names, datatypes, shapes against the values, UTF-8, token ids within the
+vocabulary. Only the wire differs: values arrive in a tensor's ``contents`` field of its datatype,
+or all inputs' in ``raw_input_contents`` (little-endian values; each BYTES element a 4-byte
+little-endian length and its bytes), and the answer uses the same form as the request (raw in, raw
+out, as Triton answers). Each refusal is a `ProtocolError` (400, so INVALID_ARGUMENT) naming the
+input.
 """
 
 from __future__ import annotations
@@ -20,20 +20,20 @@ from google.protobuf import json_format
 
 from kiln.serve.core import InferResult
 from kiln.serve.proto import grpc_service_pb2 as pb
-from kiln.serve.protocol import (
+from kiln.serve.tensors import (
     InferRequest,
     ProtocolError,
-    _binary_texts,
-    _encode_bytes,
-    _input_specs,
-    _output_tensor,
-    _parameters,
-    _requested_outputs,
-    _shape,
-    _show,
-    _texts,
-    _timeout,
-    _token_rows,
+    decode_bytes,
+    encode_bytes,
+    input_shape,
+    input_specs,
+    input_texts,
+    output_tensor,
+    parameters_of,
+    request_timeout_s,
+    requested_outputs,
+    short_repr,
+    token_rows,
 )
 
 # the datatypes each input takes, and the field of InferTensorContents that holds each datatype
@@ -60,17 +60,18 @@ def parse_model_infer(request: pb.ModelInferRequest, max_length: int, *,
     if not request.inputs:
         raise ProtocolError("ModelInferRequest has no inputs; send 'text' (BYTES) or "
                             "'input_ids' and 'attention_mask' (INT64)")
-    _input_specs([{"name": tensor.name} for tensor in request.inputs])  # known, once, one set
+    input_specs([{"name": tensor.name} for tensor in request.inputs])  # known, once, one set
     raw = _raw_contents(request)
     tensors = {tensor.name: _decode_input(tensor, None if raw is None else raw[i])
                for i, tensor in enumerate(request.inputs)}
     texts, rows = tensors.get("text"), None
     if texts is None:
-        rows = _token_rows(tensors["input_ids"], tensors["attention_mask"], max_length, vocabulary)
-    outputs = _requested_outputs(
+        rows = token_rows(tensors["input_ids"], tensors["attention_mask"], max_length, vocabulary)
+    outputs = requested_outputs(
         [{"name": o.name, "parameters": _values(o.parameters)} for o in request.outputs],
         False, classes)
-    timeout_s = _timeout(_parameters({"parameters": _values(request.parameters)}, "request"))
+    params = parameters_of({"parameters": _values(request.parameters)}, "request")
+    timeout_s = request_timeout_s(params)
     if deadline_s is not None:  # (not 0: a timeout of 0 is the server's)
         timeout_s = max(1e-3, min(deadline_s, timeout_s or math.inf))
     return InferRequest(id=request.id or None, texts=texts, input_ids=rows,
@@ -110,16 +111,16 @@ def _decode_input(tensor: InputTensor, raw: bytes | None) -> Any:
     name, dtype = tensor.name, tensor.datatype
     if dtype not in INPUT_DTYPES[name]:
         raise ProtocolError(f"input '{name}' must have datatype {' or '.join(INPUT_DTYPES[name])}"
-                            f", got {_show(dtype)}")
-    _parameters({"parameters": _values(tensor.parameters)}, f"input '{name}'")  # shared memory
-    shape = _shape(name, list(tensor.shape))
+                            f", got {short_repr(dtype)}")
+    parameters_of({"parameters": _values(tensor.parameters)}, f"input '{name}'")  # shared memory
+    shape = input_shape(name, list(tensor.shape))
     values = _typed_values(tensor) if raw is None else _raw_values(name, dtype, raw)
     count = math.prod(shape)
     if len(values) != count:
         raise ProtocolError(f"input '{name}': shape {shape} needs {count} values, got "
                             f"{len(values)}")
     if dtype == "BYTES":
-        return _texts(name, values)
+        return input_texts(name, values)
     return np.asarray(values, dtype=np.int64).reshape(shape)
 
 
@@ -146,7 +147,7 @@ def _typed_values(tensor: InputTensor) -> Any:
 def _raw_values(name: str, dtype: str, raw: bytes) -> Any:
     """The values of an input's raw_input_contents entry (texts decoded)."""
     if dtype == "BYTES":
-        return _binary_texts(name, raw)
+        return decode_bytes(name, raw)
     item = RAW_INTS[dtype]
     if len(raw) % item.itemsize:
         raise ProtocolError(f"input '{name}': its raw_input_contents entry has {len(raw)} bytes, "
@@ -164,12 +165,12 @@ def build_model_infer_response(result: InferResult, request: InferRequest, raw: 
     response = pb.ModelInferResponse(model_name=result.model, model_version=result.version,
                                      id=request.id or "")
     for name in request.outputs:
-        dtype, shape, flat = _output_tensor(name, request, result.logits,
-                                            result.probabilities, result.labels, label_names)
+        dtype, shape, flat = output_tensor(name, request, result.logits,
+                                           result.probabilities, result.labels, label_names)
         tensor = response.outputs.add(name=name, datatype=dtype, shape=shape)
         if raw:
             response.raw_output_contents.append(
-                _encode_bytes(flat) if dtype == "BYTES" else struct.pack(f"<{len(flat)}f", *flat))
+                encode_bytes(flat) if dtype == "BYTES" else struct.pack(f"<{len(flat)}f", *flat))
         elif dtype == "BYTES":
             tensor.contents.bytes_contents.extend(text.encode() for text in flat)
         else:
