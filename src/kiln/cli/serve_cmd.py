@@ -50,6 +50,10 @@ def add_parser(sub: Any) -> None:
                         "answer HTTP (Linux), so that under overload refusals and health checks "
                         "are answered in milliseconds; they still get every idle cycle (0-19, "
                         "default 19; 0: same priority)")
+    parser.add_argument("--drift-window", type=int, default=1000, metavar="N",
+                        help="compare each worker's last N rows with the export's reference "
+                        "profile of the evaluation set: kiln_drift_psi{model,statistic} at "
+                        "/metrics (default 1000; 0: off)")
     conn = parser.add_argument_group(
         "connections", "slow or idle clients get timed out, so they cannot hold the server's "
         "sockets (a client that started a request gets 408 Request Timeout)")
@@ -94,6 +98,9 @@ def run(args: argparse.Namespace) -> int:
     if args.grpc_port and args.grpc_port == args.port:
         raise KilnError(f"--grpc-port {args.grpc_port} is the HTTP --port too; give gRPC its own "
                         "port (or 0 to turn it off)")
+    if args.drift_window < 0:
+        raise KilnError(f"--drift-window must be 0 (off) or a number of rows, got "
+                        f"{args.drift_window}")
     for flag in ("header_timeout", "body_timeout", "read_timeout", "timeout_keep_alive"):
         if not getattr(args, flag) > 0:
             raise KilnError(f"--{flag.replace('_', '-')} must be above 0 seconds")
@@ -106,7 +113,7 @@ def run(args: argparse.Namespace) -> int:
         header_timeout_s=args.header_timeout, body_timeout_s=args.body_timeout,
         read_timeout_s=args.read_timeout, keep_alive_s=args.timeout_keep_alive,
         max_connections=args.max_connections, compute_nice=args.compute_nice,
-        grpc_port=args.grpc_port)
+        grpc_port=args.grpc_port, drift_window=args.drift_window)
     served = ", ".join(f"{m} (versions {', '.join(sorted(v, key=int))})" for m, v in repository.items())
 
     def announce(port: int) -> None:  # once bound: with --port 0, this is where the port is told

@@ -37,9 +37,11 @@ from kiln.runtime.artifacts import (
     PREFERENCE,
     buildable,
     default_artifacts,
+    reference_artifact,
     with_sources,
 )
-from kiln.runtime.load import open_file
+from kiln.runtime.drift import DriftReference, reference_profile
+from kiln.runtime.load import load_predictor, open_file
 from kiln.runtime.predictor import Backend
 
 PARITY_FILE = "parity.json"
@@ -115,11 +117,26 @@ def export_run(
             "reference": {"artifact": trained.reference_name,
                           "accuracy": evalset.reference_accuracy},
             "tolerance": tolerance.__dict__, "artifacts": [r.to_json() for r in results]})
-        _write_json(work / MANIFEST, _export_manifest(manifest, work, results, recommended,
-                                                      tolerance, evalset.reference_accuracy,
-                                                      job.fused))
+        exported = _export_manifest(manifest, work, results, recommended, tolerance,
+                                    evalset.reference_accuracy, job.fused)
+        _write_json(work / MANIFEST, exported)
+        if data.eval_texts:
+            progress("recording the evaluation set's drift reference")
+            exported["drift_reference"] = _drift_reference(work, recommended,
+                                                           data.eval_texts).to_json()
+            _write_json(work / MANIFEST, exported)
     return ExportReport(run / "export", evalset.reference_accuracy, results, recommended,
                         job.fused)
+
+
+def _drift_reference(folder: Path, artifact: str | None,
+                     texts: Sequence[str]) -> DriftReference:
+    """The drift reference of the evaluation ``texts``, as the served ``artifact`` (the
+    recommended one, else the trained model) tokenises and scores them in ``folder``; other
+    verified artifacts agree with it to the parity gate."""
+    predictor = load_predictor(folder, artifact)
+    return reference_profile(predictor, texts, artifact or reference_artifact(
+        read_manifest(folder)))
 
 
 def _framework(manifest: dict[str, Any]) -> str:

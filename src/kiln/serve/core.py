@@ -24,7 +24,9 @@ from prometheus_client.multiprocess import MultiProcessCollector
 
 import kiln
 from kiln.runtime import Predictor, load_predictor, pad_batch, softmax
+from kiln.runtime.drift import DriftReference, RowBins
 from kiln.serve.batcher import Batcher, QueueFull, TooManyRows, compute_pool
+from kiln.serve.drift import DriftGauges, DriftMonitor, load_reference
 from kiln.serve.errors import (
     NotFound,
     Overloaded,
@@ -85,8 +87,10 @@ class InferResult:
     labels: list[str]
 
 
-def infer_rows(predictor: Predictor, rows: list[str | list[int]]) -> list[RowScores]:
-    """Logits, probabilities and label index of each row (a text, or token ids).
+def infer_rows(predictor: Predictor, rows: list[str | list[int]],
+               drift: DriftReference | None = None) -> list[RowScores]:
+    """Logits, probabilities and label index of each row (a text, or token ids), and with a
+    ``drift`` reference each row's drift bins (``Scores.bins``), here where its tokens are.
 
     Runs in the batcher's thread: the batch's texts are tokenised in one call (which releases the
     GIL), the softmax is paid once per batch, and the results leave as plain lists, so the event
@@ -102,7 +106,10 @@ def infer_rows(predictor: Predictor, rows: list[str | list[int]]) -> list[RowSco
     logits = predictor.logits(*batch)
     ran_at = time.perf_counter()
     probabilities = softmax(logits)
-    scores = Scores(zip(logits.tolist(), probabilities.tolist(), probabilities.argmax(-1).tolist()))
+    listed, best = probabilities.tolist(), probabilities.argmax(-1).tolist()
+    scores = Scores(zip(logits.tolist(), listed, best))
+    if drift is not None:
+        scores.bins = [drift.bin_row(*row) for row in zip(ids, listed, best)]
     scores.phases = (encoded_at - started, ran_at - encoded_at, time.perf_counter() - ran_at)
     return scores
 
@@ -112,6 +119,7 @@ class Scores(list[RowScores]):
     model, softmax and results), Triton's compute input, infer and output."""
 
     phases: tuple[float, float, float] = (0.0, 0.0, 0.0)
+    bins: list[RowBins] | tuple[()] = ()  # each row's drift bins, when drift is monitored
 
 
 def row_length(row: str | list[int]) -> int:
@@ -196,6 +204,7 @@ class InferenceCore:
         self.settings = settings
         self.metrics = make_metrics()
         self.triton = make_triton_metrics(self.metrics.registry)
+        self.drift = DriftGauges(self.metrics.registry)
         self.models: dict[tuple[str, str], LoadedModel] = {}
         self._ready = False
         self._peers_ready = peers_ready  # the other worker processes' say (see serve/server.py)
@@ -239,14 +248,27 @@ class InferenceCore:
             await loop.run_in_executor(pool, predictor.predict,
                                        ["warm up"] * min(4, settings.max_batch_size))
         series = model_metrics(self.metrics, name)
-        batcher = Batcher(lambda rows: infer_rows(predictor, rows), length=row_length,
+        drift = self._drift_monitor(name, version, folder)
+        reference = drift.window.reference if drift is not None else None
+        batcher = Batcher(lambda rows: infer_rows(predictor, rows, reference), length=row_length,
                           max_batch_size=settings.max_batch_size,
                           max_delay_ms=settings.max_queue_delay_ms,
                           max_queue_size=settings.max_queue_size, instances=settings.instances,
                           nice=settings.compute_nice,
-                          on_batch=_batch_observer(series, self.triton, name, version))
+                          on_batch=_batch_observer(series, self.triton, name, version, drift))
         series.load_seconds.set(time.monotonic() - start)
         return LoadedModel(name, version, predictor, batcher, series)
+
+    def _drift_monitor(self, name: str, version: str, folder: Path) -> DriftMonitor | None:
+        """The drift window of model ``name``'s latest version (the one requests without a
+        version get; drift series are labelled by model only), if drift is monitored and the
+        model's manifest holds a reference."""
+        if not self.settings.drift_window or version != latest_version(self.repository[name]):
+            return None
+        reference = load_reference(folder, name)
+        if reference is None:
+            return None
+        return DriftMonitor(self.drift, name, reference, self.settings.drift_window)
 
     def server_metadata(self) -> dict[str, Any]:
         return {"name": "kiln", "version": kiln.__version__, "extensions": ["binary_tensor_data"]}
@@ -466,8 +488,8 @@ def _refuse_if_full(model: LoadedModel) -> None:
                          "retry later", model.batcher.estimated_wait_s(1))
 
 
-def _batch_observer(series: ModelMetrics, triton: TritonMetrics, name: str,
-                    version: str) -> BatchObserver:
+def _batch_observer(series: ModelMetrics, triton: TritonMetrics, name: str, version: str,
+                    drift: DriftMonitor | None = None) -> BatchObserver:
     def on_batch(rows: int, queue_waits: list[float], compute: float,
                  outputs: list[Any]) -> None:
         series.batch_size.observe(rows)
@@ -479,5 +501,7 @@ def _batch_observer(series: ModelMetrics, triton: TritonMetrics, name: str,
         timed = [out.phases for out in outputs if isinstance(out, Scores)]
         phases = tuple(map(sum, zip(*timed))) if timed else (0.0, compute, 0.0)
         record_batch(triton, name, version, rows, queue_waits, phases)  # type: ignore[arg-type]
+        if drift is not None:
+            drift.observe([b for out in outputs if isinstance(out, Scores) for b in out.bins])
 
     return on_batch

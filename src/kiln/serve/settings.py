@@ -38,3 +38,6 @@ class ServeSettings:
     # The Open Inference Protocol's gRPC binding on this port, beside HTTP (Triton's default
     # port); 0: HTTP only. Every worker serves it (see serve/grpc_adapter.py).
     grpc_port: int = 8001
+    # Drift monitoring (see serve/drift.py): each worker compares its last this-many rows with the
+    # export's reference profile of the evaluation set; 0: off.
+    drift_window: int = 1000
