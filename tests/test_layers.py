@@ -29,6 +29,7 @@ RANKS = {
     "kiln.export": 6,
     "kiln.bench": 6,
     "kiln.serve": 6,
+    "kiln.deploy": 6,  # deployment files, from what export, triton and bench wrote in a run
     "kiln.cli": 7,
     "kiln.__main__": 8,
 }

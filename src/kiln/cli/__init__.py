@@ -10,6 +10,7 @@ from collections.abc import Sequence
 import kiln
 from kiln.cli import (
     bench_cmd,
+    deploy_cmd,
     eval_cmd,
     export_cmd,
     profile_cmd,
@@ -21,7 +22,7 @@ from kiln.cli import (
 from kiln.errors import KilnError
 
 SUBCOMMANDS = (train_cmd, run_cmd, eval_cmd, export_cmd, triton_cmd, bench_cmd, serve_cmd,
-               profile_cmd)
+               deploy_cmd, profile_cmd)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -20,6 +20,7 @@ from kiln.runtime.backends import (
 )
 from kiln.runtime.load import (
     artifact_folder,
+    default_artifact,
     list_artifacts,
     load_predictor,
     make_backend,
@@ -41,6 +42,7 @@ __all__ = [
     "TensorRtBackend",
     "TorchBackend",
     "artifact_folder",
+    "default_artifact",
     "default_artifacts",
     "list_artifacts",
     "load_predictor",

@@ -49,14 +49,20 @@ def load_predictor(
     manifest = read_manifest(folder)
     tokenizer = check_vocabulary(folder, manifest)  # before the checksums: it says more
     verify_files(folder, manifest)
-    name = (artifact or _benchmarked_choice(folder, manifest)
-            or manifest.get("export", {}).get("recommended") or reference_artifact(manifest))
+    name = artifact or default_artifact(folder, manifest)
     backend = make_backend(folder, manifest, name, threads=threads, allow_failed=allow_failed,
                            spin_wait=spin_wait)
     kwargs = manifest["model"]["kwargs"]
     return Predictor(backend=backend, tokenizer=tokenizer, label_names=list(manifest["labels"]),
                      max_length=int(manifest["max_length"]), pad_id=int(kwargs.get("pad_id", 0)),
                      vocab_size=int(kwargs["vocab_size"]) if "vocab_size" in kwargs else None)
+
+
+def default_artifact(folder: Path, manifest: dict[str, Any]) -> str:
+    """The artifact served when none is named: the one `kiln bench` measured fastest, else the
+    export's recommended one, else the trained model (`kiln serve` and `kiln deploy` read this)."""
+    return (_benchmarked_choice(folder, manifest)
+            or manifest.get("export", {}).get("recommended") or reference_artifact(manifest))
 
 
 def _benchmarked_choice(folder: Path, manifest: dict[str, Any]) -> str | None:
