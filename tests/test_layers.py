@@ -25,6 +25,7 @@ RANKS = {
     "kiln.run": 4,  # what a run is, for either trainer: state, run dir, logger, schedule, model/
     "kiln.keras": 5,  # the Keras trainer
     "kiln.evaluate": 5,  # `kiln eval`
+    "kiln.predict": 5,  # `kiln predict`: batch scoring of files through the runtime
     "kiln.train": 6,  # the torch loop, and the framework switch above both trainers
     "kiln.export": 6,
     "kiln.bench": 6,

@@ -13,6 +13,7 @@ from kiln.cli import (
     deploy_cmd,
     eval_cmd,
     export_cmd,
+    predict_cmd,
     profile_cmd,
     run_cmd,
     serve_cmd,
@@ -21,8 +22,8 @@ from kiln.cli import (
 )
 from kiln.errors import KilnError
 
-SUBCOMMANDS = (train_cmd, run_cmd, eval_cmd, export_cmd, triton_cmd, bench_cmd, serve_cmd,
-               deploy_cmd, profile_cmd)
+SUBCOMMANDS = (train_cmd, run_cmd, eval_cmd, predict_cmd, export_cmd, triton_cmd, bench_cmd,
+               serve_cmd, deploy_cmd, profile_cmd)
 
 
 def build_parser() -> argparse.ArgumentParser:
