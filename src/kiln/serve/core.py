@@ -41,10 +41,11 @@ from kiln.serve.protocol import InferRequest
 from kiln.serve.repository import Repository, latest_version
 from kiln.serve.settings import ServeSettings
 from kiln.serve.triton_metrics import (
-    TritonMetrics,
+    TritonSeries,
     make_triton_metrics,
     record_batch,
     record_request,
+    series_of,
     split_families,
     statistics,
     triton_exposition,
@@ -204,6 +205,7 @@ class InferenceCore:
         self.settings = settings
         self.metrics = make_metrics()
         self.triton = make_triton_metrics(self.metrics.registry)
+        self._triton: dict[tuple[str, str], TritonSeries] = {}  # served labels only: bounded
         self.drift = DriftGauges(self.metrics.registry)
         self.models: dict[tuple[str, str], LoadedModel] = {}
         self._ready = False
@@ -255,7 +257,8 @@ class InferenceCore:
                           max_delay_ms=settings.max_queue_delay_ms,
                           max_queue_size=settings.max_queue_size, instances=settings.instances,
                           nice=settings.compute_nice,
-                          on_batch=_batch_observer(series, self.triton, name, version, drift))
+                          on_batch=_batch_observer(series, self._triton_series((name, version)),
+                                                   drift))
         series.load_seconds.set(time.monotonic() - start)
         return LoadedModel(name, version, predictor, batcher, series)
 
@@ -373,13 +376,20 @@ class InferenceCore:
                 model.metrics.inflight.dec()
                 model.metrics.request_seconds.observe(time.monotonic() - started)
                 model.metrics.queue_depth.set(model.batcher.queued_rows)
-                self.triton.pending.labels(*labels).set(len(model.batcher.waiting))
+                self._triton_series(labels).pending.set(len(model.batcher.waiting))
 
     def _count(self, labels: tuple[str, str], outcome: str, seconds: float) -> None:
         """Count a request under kiln's outcome and, for a served model, Triton's series."""
         self.metrics.requests.labels(*labels, outcome).inc()
         if labels[0]:
-            record_request(self.triton, *labels, outcome, seconds)
+            record_request(self._triton_series(labels), outcome, seconds)
+
+    def _triton_series(self, labels: tuple[str, str]) -> TritonSeries:
+        """A served (model, version)'s Triton series, labelled on first use."""
+        found = self._triton.get(labels)
+        if found is None:
+            found = self._triton[labels] = series_of(self.triton, *labels)
+        return found
 
     def refusal(self, name: str, version: str | None, authorization: str | None) -> ServeError | None:
         """Why an inference request for ``name`` must be refused now, judged from its headers
@@ -488,7 +498,7 @@ def _refuse_if_full(model: LoadedModel) -> None:
                          "retry later", model.batcher.estimated_wait_s(1))
 
 
-def _batch_observer(series: ModelMetrics, triton: TritonMetrics, name: str, version: str,
+def _batch_observer(series: ModelMetrics, triton: TritonSeries,
                     drift: DriftMonitor | None = None) -> BatchObserver:
     def on_batch(rows: int, queue_waits: list[float], compute: float,
                  outputs: list[Any]) -> None:
@@ -500,7 +510,7 @@ def _batch_observer(series: ModelMetrics, triton: TritonMetrics, name: str, vers
         # the phases of each run (several when a failing batch was split), summed
         timed = [out.phases for out in outputs if isinstance(out, Scores)]
         phases = tuple(map(sum, zip(*timed))) if timed else (0.0, compute, 0.0)
-        record_batch(triton, name, version, rows, queue_waits, phases)  # type: ignore[arg-type]
+        record_batch(triton, rows, queue_waits, phases)  # type: ignore[arg-type]
         if drift is not None:
             drift.observe([b for out in outputs if isinstance(out, Scores) for b in out.bins])
 

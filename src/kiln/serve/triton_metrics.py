@@ -87,32 +87,65 @@ def make_triton_metrics(registry: CollectorRegistry) -> TritonMetrics:
     )
 
 
-def record_request(m: TritonMetrics, model: str, version: str, outcome: str,
-                   seconds: float) -> None:
+@dataclass
+class TritonSeries:
+    """One served model version's series, labelled once: ``labels()`` takes a lock per call, and
+    a request would otherwise call it about ten times on the event loop."""
+
+    success: Any
+    failure: dict[str, Any]  # by reason
+    success_us: Any
+    failure_us: Any
+    inference_count: Any
+    exec_count: Any
+    request_us: Any
+    queue_us: Any
+    queue_count: Any
+    compute_us: dict[str, Any]  # by phase
+    compute_count: Any
+    pending: Any
+    last_inference_ms: Any
+
+
+def series_of(m: TritonMetrics, model: str, version: str) -> TritonSeries:
+    labels = (model, version)
+    return TritonSeries(
+        success=m.success.labels(*labels),
+        failure={reason: m.failure.labels(*labels, reason) for reason in REASONS},
+        success_us=m.success_us.labels(*labels), failure_us=m.failure_us.labels(*labels),
+        inference_count=m.inference_count.labels(*labels),
+        exec_count=m.exec_count.labels(*labels), request_us=m.request_us.labels(*labels),
+        queue_us=m.queue_us.labels(*labels), queue_count=m.queue_count.labels(*labels),
+        compute_us={phase: c.labels(*labels) for phase, c in m.compute_us.items()},
+        compute_count=m.compute_count.labels(*labels), pending=m.pending.labels(*labels),
+        last_inference_ms=m.last_inference_ms.labels(*labels))
+
+
+def record_request(s: TritonSeries, outcome: str, seconds: float) -> None:
     """One request for a served model version ended with ``outcome`` after ``seconds``."""
     us = seconds * 1e6
-    m.request_us.labels(model, version).inc(us)
+    s.request_us.inc(us)
     if outcome == "success":
-        m.success.labels(model, version).inc()
-        m.success_us.labels(model, version).inc(us)
-        m.last_inference_ms.labels(model, version).set(time.time() * 1000)
+        s.success.inc()
+        s.success_us.inc(us)
+        s.last_inference_ms.set(time.time() * 1000)
     else:
-        m.failure.labels(model, version, REASON_OF_OUTCOME.get(outcome, "OTHER")).inc()
-        m.failure_us.labels(model, version).inc(us)
+        s.failure[REASON_OF_OUTCOME.get(outcome, "OTHER")].inc()
+        s.failure_us.inc(us)
 
 
-def record_batch(m: TritonMetrics, model: str, version: str, rows: int, queue_waits: list[float],
+def record_batch(s: TritonSeries, rows: int, queue_waits: list[float],
                  phases: tuple[float, float, float]) -> None:
     """One batch of ``rows`` rows ran for the requests that waited ``queue_waits`` seconds; each
     request is attributed the batch's time in each phase (input, infer, output), as Triton does."""
     requests = len(queue_waits)
-    m.inference_count.labels(model, version).inc(rows)
-    m.exec_count.labels(model, version).inc()
-    m.queue_us.labels(model, version).inc(sum(queue_waits) * 1e6)
-    m.queue_count.labels(model, version).inc(requests)
+    s.inference_count.inc(rows)
+    s.exec_count.inc()
+    s.queue_us.inc(sum(queue_waits) * 1e6)
+    s.queue_count.inc(requests)
     for phase, seconds in zip(PHASES, phases):
-        m.compute_us[phase].labels(model, version).inc(seconds * 1e6 * requests)
-    m.compute_count.labels(model, version).inc(requests)
+        s.compute_us[phase].inc(seconds * 1e6 * requests)
+    s.compute_count.inc(requests)
 
 
 # families shown under Triton's names on /metrics (the others feed the statistics extension)
