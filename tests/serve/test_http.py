@@ -140,8 +140,8 @@ def test_an_early_answer_to_http_1_0_closes_the_connection(served: tuple[int, Re
 def test_a_refused_request_whose_body_stalls_gets_408(served: tuple[int, Recorder]) -> None:
     port, _ = served
     with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
+        started = time.monotonic()  # before sending: the server may read them before sendall returns
         sock.sendall(post("/busy", b"x" * 100)[:-90])  # headers and 10 of the 100 bytes
-        started = time.monotonic()
         [answer] = read_answers(sock, 1)
         assert answer.startswith(b"HTTP/1.1 408") and b"connection: close" in answer
         assert BODY_TIMEOUT_S <= time.monotonic() - started < BODY_TIMEOUT_S + 2
