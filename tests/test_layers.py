@@ -31,6 +31,8 @@ RANKS = {
     "kiln.bench": 6,
     "kiln.serve": 6,
     "kiln.deploy": 6,  # deployment files, from what export, triton and bench wrote in a run
+    "kiln.torchserve": 6,  # a TorchServe model archive (.mar) and its handler, over runtime
+    "kiln.report": 6,  # `kiln report`: one HTML page from what every stage wrote in a run
     "kiln.cli": 7,
     "kiln.__main__": 8,
 }

@@ -42,12 +42,14 @@ def test_run_then_eval_on_files(small_dataset: tuple[Path, Path], tmp_path: Path
     done = kiln("run", *tiny_overrides(*small_dataset, run, **{"train.epochs": 2}), env=cli_env)
     assert done.returncode == 0, done.stderr
     assert f"trained: {run / 'model'}" in done.stdout and "accuracy" in done.stdout
-    for stage in ("[2/4] exported and verified", "[3/4] Triton model repository", "[4/4] benchmark",
-                  "serve        ", "under load   ", "--workers"):
+    for stage in ("[2/5] export and verify", "[3/5] benchmark", "[4/5] Triton model repository",
+                  "[5/5] report", "serve        ", "under load   ", "--workers",
+                  "weights of the last step"):
         assert stage in done.stdout, stage
     for name in ("export/parity.json", "export/model.onnx", "triton/run/config.pbtxt",
-                 "bench/report.json", "bench/report.md", "bench/latency.png"):
+                 "bench/report.json", "bench/report.md", "bench/latency.png", "report.html"):
         assert (run / name).exists(), name
+    assert "oneDNN" not in done.stderr and "absl" not in done.stderr  # no TensorFlow log lines
     for name in ("config.yaml", "metrics.jsonl", "model/model.safetensors", "model/kiln.json",
                  "model/tokenizer.json"):
         assert (run / name).exists(), name
@@ -68,6 +70,27 @@ def test_run_then_eval_on_files(small_dataset: tuple[Path, Path], tmp_path: Path
     assert 0 <= result["macro_f1"] <= 1
     table = kiln("eval", run, "--data", small_dataset[1], env=cli_env).stdout
     assert "true \\ predicted" in table
+
+    # a second `kiln run` on the finished run redoes nothing and reports it
+    before = snapshot(run)
+    again = kiln("run", *tiny_overrides(*small_dataset, run, **{"train.epochs": 2}), env=cli_env)
+    assert again.returncode == 0, again.stderr
+    assert "nothing was redone" in again.stdout and "recommended  " in again.stdout
+    assert snapshot(run) == before
+    # --redo redoes that stage and those after it, nothing before
+    redone = kiln("run", *tiny_overrides(*small_dataset, run, **{"train.epochs": 2}), "--redo",
+                  "triton", env=cli_env)
+    assert redone.returncode == 0, redone.stderr
+    changed = {name for name, state in snapshot(run).items() if before.get(name) != state}
+    assert changed and all(name.startswith("triton/") or name in ("report.html", "stages.json")
+                           for name in changed), changed
+    assert "report.html" in changed
+
+
+def snapshot(run: Path) -> dict[str, tuple[int, int]]:
+    """Every file of ``run``: (size, modification time in ns)."""
+    return {p.relative_to(run).as_posix(): (p.stat().st_size, p.stat().st_mtime_ns)
+            for p in run.rglob("*") if p.is_file()}
 
 
 @pytest.mark.parametrize(

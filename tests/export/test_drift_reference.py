@@ -19,7 +19,7 @@ def test_export_manifest_holds_the_drift_reference_of_the_evaluation_set(
     reference = DriftReference.from_json(manifest["drift_reference"])
     texts = prepare_data(load_config(exported_run / "config.yaml"), exported_run).eval_texts
     assert reference.rows == len(texts) == 80
-    assert reference.artifact == manifest["export"]["recommended"]
+    assert reference.artifact == manifest["export"]["preferred"]
     assert reference.length_edges == length_edges(48)
     assert reference.labels == tuple(manifest["labels"])
     assert reference.unknown_token_id == 1  # [UNK], second of the special tokens

@@ -268,7 +268,7 @@ def test_a_repository_serves_several_models_and_versions(exported_run: Path, tmp
     (repo / "b").mkdir(parents=True)
     (repo / "a").symlink_to(exported_run)
     (repo / "b" / "1").symlink_to(exported_run / "export")
-    (repo / "b" / "2").symlink_to(exported_run / "model")
+    (repo / "b" / "2").symlink_to(exported_run / "export")
     (repo / "notes").mkdir()  # not a model: ignored
     env = dict(os.environ, OMP_NUM_THREADS="1")
     proc, url = start_server(repo, env, "--threads", "1", name=None)

@@ -39,6 +39,12 @@ class Throughput:
 
 def measure_latency(backend: Backend, inputs: Sequence[Inputs], warmup: int, repeats: int) -> Latency:
     """Per-call latency over ``repeats`` passes through ``inputs`` after ``warmup`` calls."""
+    return latency_of(latency_samples(backend, inputs, warmup, repeats))
+
+
+def latency_samples(backend: Backend, inputs: Sequence[Inputs], warmup: int,
+                    repeats: int) -> np.ndarray:
+    """Milliseconds of each call over ``repeats`` passes through ``inputs``, after ``warmup``."""
     for i in range(warmup):
         backend.run(*inputs[i % len(inputs)])
     times = []
@@ -47,7 +53,10 @@ def measure_latency(backend: Backend, inputs: Sequence[Inputs], warmup: int, rep
             start = time.perf_counter()
             backend.run(ids, mask)
             times.append(time.perf_counter() - start)
-    ms = 1e3 * np.asarray(times)
+    return 1e3 * np.asarray(times)
+
+
+def latency_of(ms: np.ndarray) -> Latency:
     return Latency(p50_ms=float(np.percentile(ms, 50)), p95_ms=float(np.percentile(ms, 95)),
                    p99_ms=float(np.percentile(ms, 99)), mean_ms=float(ms.mean()), calls=len(ms))
 

@@ -15,15 +15,17 @@ from kiln.cli import (
     export_cmd,
     predict_cmd,
     profile_cmd,
+    report_cmd,
     run_cmd,
     serve_cmd,
+    torchserve_cmd,
     train_cmd,
     triton_cmd,
 )
 from kiln.errors import KilnError
 
 SUBCOMMANDS = (train_cmd, run_cmd, eval_cmd, predict_cmd, export_cmd, triton_cmd, bench_cmd,
-               serve_cmd, deploy_cmd, profile_cmd)
+               serve_cmd, deploy_cmd, profile_cmd, report_cmd, torchserve_cmd)
 
 
 def build_parser() -> argparse.ArgumentParser:

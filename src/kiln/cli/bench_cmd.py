@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +26,8 @@ def add_parser(sub: Any) -> None:
     parser.add_argument("--seconds", type=float, default=2.0,
                         help="minimum seconds per throughput measurement (default 2)")
     parser.add_argument("--repeats", type=int, default=1, help="passes over the texts (default 1)")
+    parser.add_argument("--rounds", type=int, default=3, help="rounds per artifact, interleaved "
+                        "with the others; disturbed rounds are redone or left out (default 3)")
     parser.add_argument("--artifacts", nargs="+", metavar="NAME",
                         help="artifacts to measure (default: every one that passed parity)")
     parser.add_argument("--json", action="store_true", help="print the report as JSON")
@@ -49,10 +52,15 @@ def run(args: argparse.Namespace) -> int:
         return run_load_test(args)
     if args.run is None:
         raise KilnError("give RUN (an exported run) or --url URL (a running server)")
+    if args.rounds < 1:
+        raise KilnError(f"--rounds must be at least 1, got {args.rounds}")
     report = bench_run(args.run, BenchSettings(
         threads=args.threads, texts=args.texts, batch_size=args.batch_size,
-        min_seconds=args.seconds, repeats=args.repeats, artifacts=args.artifacts))
+        min_seconds=args.seconds, repeats=args.repeats, artifacts=args.artifacts,
+        rounds=args.rounds))
     print(json.dumps(report, indent=2) if args.json else format_report(report))
+    for warning in report.get("warnings", []):
+        print(f"kiln bench: warning: {warning}", file=sys.stderr)
     return 0
 
 

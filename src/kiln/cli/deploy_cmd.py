@@ -37,6 +37,7 @@ def run(args: argparse.Namespace) -> int:
     folder, plan = deploy_run(args.run, args.out, artifact=args.artifact,
                               settings=DeploySettings(image=args.image, workers=args.workers))
     print(f"deployment of '{plan.name}' (artifact {plan.artifact}, {plan.backend}): {folder}")
+    print(f"artifact: {plan.artifact} ({plan.why})")
     print(f"  image {plan.image}: put kiln's wheel in {folder}/wheels/ (pip wheel . --no-deps "
           f"-w {folder}/wheels), then docker build -t {plan.image} {folder}")
     if plan.triton is None:

@@ -43,7 +43,11 @@ def run(args: argparse.Namespace) -> int:
         progress=lambda message: print(message, file=sys.stderr, flush=True),
     )
     print(format_parity_table(report.parity, report.reference_accuracy))
-    print(f"\nartifacts and parity.json in {report.export_dir}; recommended: {report.recommended}")
+    print(f"\nartifacts and parity.json in {report.export_dir}")
+    if report.preferred:
+        print(f"no recommendation yet: `kiln bench {args.run}` measures the artifacts and picks "
+              f"one; until then kiln serves {report.preferred} (the first that passed parity in "
+              "a fixed order, unmeasured)")
     if report.failed and not args.keep_failed:
         for p in report.failed:
             print(f"kiln export: artifact {p.artifact} ({p.file}) failed parity: "

@@ -27,7 +27,9 @@ def add_parser(sub: Any) -> None:
                         "API key and metrics (default 8001; 0: HTTP only)")
     parser.add_argument("--name", help="model name when PATH is one model (default: its run "
                         "folder's name)")
-    parser.add_argument("--artifact", help="artifact to serve (default: the recommended one)")
+    parser.add_argument("--artifact", help="artifact to serve (default: the one `kiln bench` "
+                        "measured fastest, printed with the reason; a run that was never "
+                        "exported needs --artifact torch-fp32, the trained model unverified)")
     parser.add_argument("--max-batch-size", type=int, default=32)
     parser.add_argument("--max-queue-delay-ms", type=float, default=2.0,
                         help="longest wait to fill a batch (default 2 ms)")
@@ -105,6 +107,7 @@ def run(args: argparse.Namespace) -> int:
         if not getattr(args, flag) > 0:
             raise KilnError(f"--{flag.replace('_', '-')} must be above 0 seconds")
     repository = discover_models(Path(args.path), args.name)  # fails now, naming the path
+    choices = served_artifacts(repository, args.artifact)
     settings = ServeSettings(
         max_batch_size=args.max_batch_size, max_queue_delay_ms=args.max_queue_delay_ms,
         max_queue_size=args.max_queue_size, instances=args.instances, timeout_s=args.timeout,
@@ -118,8 +121,42 @@ def run(args: argparse.Namespace) -> int:
 
     def announce(port: int) -> None:  # once bound: with --port 0, this is where the port is told
         print(f"kiln serve: http://{args.host}:{port}  models: {served}", flush=True)
+        for line in choices:
+            print(f"kiln serve: {line}", flush=True)
         if args.grpc_port:
             print(f"kiln serve: grpc://{args.host}:{args.grpc_port}", flush=True)
 
     run_server(repository, settings, args.host, args.port, on_bound=announce)
     return 0
+
+
+def served_artifacts(repository: dict[str, dict[str, Path]], artifact: str | None) -> list[str]:
+    """What each model serves and why, one line per model (its latest version).
+
+    Raises:
+        KilnError: a model has no export and no --artifact names what to serve: serving the
+            trained model unverified is a choice the user makes, never a silent default.
+    """
+    from kiln.models import read_manifest
+    from kiln.runtime import artifact_folder, choose_artifact, reference_artifact
+
+    lines = []
+    for model, versions in repository.items():
+        for version in sorted(versions, key=int):
+            folder = artifact_folder(versions[version])
+            manifest = read_manifest(folder)
+            if artifact is None and not manifest.get("artifacts"):
+                raise KilnError(
+                    f"{folder} has no exported artifacts: kiln serve serves verified artifacts; "
+                    "run `kiln export RUN` (and `kiln bench RUN` to pick the fastest) first, or "
+                    f"pass --artifact {reference_artifact(manifest)} to serve the trained model "
+                    "itself (eager, unverified, slower)")
+        if artifact is not None:
+            unverified = not manifest.get("artifacts")
+            lines.append(f"{model}: {artifact} (named with --artifact"
+                         + ("; WARNING: the trained model, eager and unverified: no export)"
+                            if unverified else ")"))
+        else:
+            choice = choose_artifact(folder, manifest)  # of the latest version, served by default
+            lines.append(f"{model}: {choice.name} ({choice.reason})")
+    return lines

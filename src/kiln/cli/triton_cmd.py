@@ -16,7 +16,8 @@ def add_parser(sub: Any) -> None:
     parser = sub.add_parser("triton", help=HELP, description=DESCRIPTION)
     parser.add_argument("run", metavar="RUN", help="a run directory that has been exported")
     parser.add_argument("--name", help="model name (default: the run folder's name)")
-    parser.add_argument("--artifact", help="ONNX artifact (default: the recommended one)")
+    parser.add_argument("--artifact", help="ONNX artifact (default: the one `kiln bench` measured "
+                        "fastest among the ONNX ones; printed with the reason)")
     parser.add_argument("--max-batch-size", type=int, default=64)
     parser.add_argument("--max-queue-delay-us", type=int, default=2000,
                         help="dynamic batching: longest wait to fill a batch (default 2000)")
@@ -32,6 +33,8 @@ def add_parser(sub: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    import json
+
     from kiln.export import triton_run
 
     folder = triton_run(
@@ -42,4 +45,6 @@ def run(args: argparse.Namespace) -> int:
     print(f"Triton model repository: {folder.parent}  (model '{folder.name}' takes text; "
           f"steps {folder.name}_tokenizer, {folder.name}_model on {args.model_backend}, "
           f"{folder.name}_postprocess)")
+    chosen = json.loads((folder / "kiln.json").read_text(encoding="utf-8"))["triton"]
+    print(f"artifact: {chosen['artifact']} ({chosen['why']})")
     return 0

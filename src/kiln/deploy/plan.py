@@ -14,7 +14,7 @@ from packaging.requirements import Requirement
 
 from kiln.errors import RunDirError
 from kiln.models import MANIFEST, read_manifest
-from kiln.runtime import KIND, default_artifact, reference_artifact
+from kiln.runtime import KIND, ArtifactChoice, choose_artifact, reference_artifact
 
 # NGC's Triton release for the GPU image: 24.12 is the last on Ubuntu 22.04 (Python 3.10, whose
 # pip installs into the system Python without PEP 668's refusal); its Python backend stub is
@@ -59,6 +59,7 @@ class DeployPlan:
     run: Path
     name: str  # the served model's name (the run folder's)
     artifact: str  # what kiln serve serves
+    why: str  # why that artifact (the bench's pick, or named)
     backend: str  # its runtime: onnxruntime, openvino, torch, ...
     export: Path  # the folder with the artifact and its manifest (copied into the image)
     triton: Path | None  # RUN/triton/, when `kiln triton` was run
@@ -100,7 +101,9 @@ def plan_deploy(run_dir: str | Path, artifact: str | None = None,
         raise RunDirError(f"{run} has no export/{MANIFEST}; run `kiln export {run}` first (and "
                           f"`kiln bench {run}` to serve the fastest artifact)")
     manifest = read_manifest(export)
-    name = artifact or default_artifact(export, manifest)
+    choice = (ArtifactChoice(artifact, "named with --artifact", measured=False)
+              if artifact else choose_artifact(export, manifest))
+    name = choice.name
     entry = manifest.get("artifacts", {}).get(name)
     if name != reference_artifact(manifest):
         if entry is None:
@@ -114,7 +117,8 @@ def plan_deploy(run_dir: str | Path, artifact: str | None = None,
     triton = run / "triton" if (run / "triton").is_dir() else None
     extras = {"openvino"} if backend == "openvino" else set()
     return DeployPlan(
-        run=run, name=run.resolve().name, artifact=name, backend=backend, export=export,
+        run=run, name=run.resolve().name, artifact=name, why=choice.reason, backend=backend,
+        export=export,
         triton=triton, triton_model_backend=_triton_model_backend(triton),
         settings=settings or DeploySettings(), requirements=pinned_requirements("kiln", extras),
         kiln_version=md.version("kiln"))

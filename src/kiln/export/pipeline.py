@@ -54,7 +54,7 @@ class ExportReport:
     export_dir: Path
     reference_accuracy: float
     parity: list[Parity]
-    recommended: str | None
+    preferred: str | None  # unmeasured: the first that passed in PREFERENCE; `kiln bench` decides
     fused_operators: dict[str, int]
 
     @property
@@ -111,28 +111,28 @@ def export_run(
         for name in (trained.weights_file, "tokenizer.json"):
             shutil.copy2(run / "model" / name, work / name)
         results = _build_and_check(job, requested, evalset, max_fp32_fraction, progress)
-        recommended = next((n for n in PREFERENCE for r in results if r.artifact == n and r.passed),
-                           None)
+        preferred = next((n for n in PREFERENCE for r in results if r.artifact == n and r.passed),
+                         None)
         _write_json(work / PARITY_FILE, {
             "reference": {"artifact": trained.reference_name,
                           "accuracy": evalset.reference_accuracy},
             "tolerance": tolerance.__dict__, "artifacts": [r.to_json() for r in results]})
-        exported = _export_manifest(manifest, work, results, recommended, tolerance,
+        exported = _export_manifest(manifest, work, results, preferred, tolerance,
                                     evalset.reference_accuracy, job.fused)
         _write_json(work / MANIFEST, exported)
         if data.eval_texts:
             progress("recording the evaluation set's drift reference")
-            exported["drift_reference"] = _drift_reference(work, recommended,
+            exported["drift_reference"] = _drift_reference(work, preferred,
                                                            data.eval_texts).to_json()
             _write_json(work / MANIFEST, exported)
-    return ExportReport(run / "export", evalset.reference_accuracy, results, recommended,
+    return ExportReport(run / "export", evalset.reference_accuracy, results, preferred,
                         job.fused)
 
 
 def _drift_reference(folder: Path, artifact: str | None,
                      texts: Sequence[str]) -> DriftReference:
-    """The drift reference of the evaluation ``texts``, as the served ``artifact`` (the
-    recommended one, else the trained model) tokenises and scores them in ``folder``; other
+    """The drift reference of the evaluation ``texts``, as ``artifact`` (served until a bench
+    picks another, else the trained model) tokenises and scores them in ``folder``; other
     verified artifacts agree with it to the parity gate."""
     predictor = load_predictor(folder, artifact)
     return reference_profile(predictor, texts, artifact or reference_artifact(
@@ -263,7 +263,7 @@ def calibration_batches(dataset: EncodedDataset, pad_id: int, samples: int,
 
 
 def _export_manifest(
-    model_manifest: dict[str, Any], folder: Path, results: list[Parity], recommended: str | None,
+    model_manifest: dict[str, Any], folder: Path, results: list[Parity], preferred: str | None,
     tolerance: Tolerance, reference_accuracy: float, fused: dict[str, int],
 ) -> dict[str, Any]:
     import onnx
@@ -284,7 +284,7 @@ def _export_manifest(
         for r in results
     }
     manifest["export"] = {
-        "recommended": recommended,
+        "preferred": preferred,  # not a recommendation: nothing is measured yet
         "reference_accuracy": reference_accuracy,
         "tolerance": tolerance.__dict__,
         "ort_fused_operators": fused,

@@ -5,12 +5,13 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from kiln.errors import RunDirError
 from kiln.export.triton import ModelBackend
 from kiln.export.triton_ensemble import write_text_ensemble
 from kiln.models import MANIFEST, read_manifest
+from kiln.runtime.load import UNMEASURED, ArtifactChoice, bench_pick
 
 
 def triton_run(
@@ -24,8 +25,7 @@ def triton_run(
     ONNX Runtime backend or, ``model_backend="python"``, its Python backend) and
     ``<name>_postprocess``.
 
-    The default artifact is the export's recommended one when it is an ONNX file that passed
-    parity (for ``kind="gpu"``: fp16, else fp32), otherwise the plain fp32 ONNX.
+    The default artifact is `triton_artifact`'s: the bench's pick when it is an ONNX file.
 
     Returns:
         The ensemble's folder ``run_dir/triton/<name>`` (its parent is the repository).
@@ -40,23 +40,47 @@ def triton_run(
         raise RunDirError(f"{run} has no export/{MANIFEST}; run `kiln export {run}` first")
     manifest = read_manifest(export)
     artifacts = manifest.get("artifacts", {})
-    if artifact is None:
-        wanted = ["onnx-fp16", "onnx-opt", "onnx-fp32"] if kind == "gpu" else [
-            manifest.get("export", {}).get("recommended"), "onnx-opt", "onnx-fp32"]
-        artifact = next((a for a in wanted if a in artifacts and artifacts[a]["passed"]
-                         and artifacts[a]["backend"] == "onnxruntime"), None)
-        if artifact is None:
-            raise RunDirError(f"{export} holds no ONNX artifact that passed parity")
+    choice = (ArtifactChoice(artifact, "named with --artifact", measured=False)
+              if artifact is not None else triton_artifact(export, manifest, kind))
+    artifact = choice.name
     entry = artifacts.get(artifact)
     if entry is None or entry["backend"] != "onnxruntime":
         onnx_names = [a for a, e in artifacts.items() if e["backend"] == "onnxruntime"]
         raise RunDirError(f"'{artifact}' is not an ONNX artifact of {export}; choose from {onnx_names}")
     if not entry["passed"]:
         raise RunDirError(f"artifact '{artifact}' failed its parity check; see {export}/parity.json")
-    model_manifest = {**manifest, "triton": {"artifact": artifact, "model_backend": model_backend}}
+    model_manifest = {**manifest, "triton": {"artifact": artifact, "why": choice.reason,
+                                             "model_backend": model_backend}}
     return write_text_ensemble(
         export / entry["file"], model_manifest, run / "triton", name or run.resolve().name,
         tokenizer_file=export / str(manifest.get("tokenizer", "tokenizer.json")),
         model_backend=model_backend, max_batch_size=max_batch_size,
         max_queue_delay_us=max_queue_delay_us, instances=instances, kind=kind, tensorrt=tensorrt,
     )
+
+
+def triton_artifact(export: Path, manifest: dict[str, Any], kind: str = "cpu") -> ArtifactChoice:
+    """The ONNX artifact a Triton repository holds by default: the one `kiln bench` recommends
+    when it is ONNX, else the fastest ONNX artifact the bench measured; before a bench (or for
+    ``kind="gpu"``, which the CPU bench says nothing about) the first that passed parity of
+    fp16 (GPU only), onnx-opt, onnx-fp32.
+
+    Raises:
+        RunDirError: no ONNX artifact passed parity.
+    """
+    artifacts = manifest.get("artifacts", {})
+
+    def usable(name: str) -> bool:
+        entry = artifacts.get(name) or {}
+        return bool(entry.get("passed")) and entry.get("backend") == "onnxruntime"
+
+    measured = bench_pick(export, manifest, among=usable) if kind == "cpu" else None
+    if measured is not None:
+        return measured
+    wanted = ["onnx-fp16", "onnx-opt", "onnx-fp32"] if kind == "gpu" else ["onnx-opt", "onnx-fp32"]
+    found = next((a for a in wanted if usable(a)), None)
+    if found is None:
+        raise RunDirError(f"{export} holds no ONNX artifact that passed parity")
+    why = ("for GPU: fp16 when it passed parity, else fp32 (the CPU bench does not apply)"
+           if kind == "gpu" else f"{UNMEASURED}: the optimised fp32 ONNX, else the plain one")
+    return ArtifactChoice(found, why, measured=False)

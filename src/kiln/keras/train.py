@@ -34,7 +34,7 @@ from kiln.keras.data import TrainStream, eval_dataset, plan_stream, train_datase
 from kiln.keras.devices import KerasSetup, resolve_setup
 from kiln.keras.optim import make_optimizer
 from kiln.metrics import EvalResult, cross_entropy_sum, summarize
-from kiln.models import model_kwargs, versions
+from kiln.models import model_kwargs, read_manifest, versions
 from kiln.models.keras_model import build_keras_model, inference_copy, serving_function
 from kiln.run.checkpoints import abandon_start, write_verified_dir
 from kiln.run.logger import RunLogger
@@ -47,7 +47,7 @@ from kiln.run.schedule import (
     train_result,
     warmup_steps,
 )
-from kiln.run.state import TrainingDiverged, TrainResult, TrainState
+from kiln.run.state import TrainingDiverged, TrainResult, TrainState, describe_kept
 
 tf, _ = import_keras()  # sets the TensorFlow backend before keras is first imported
 
@@ -123,7 +123,8 @@ def train_keras(cfg: Config, *, fresh: bool = False, progress: bool | None = Non
     model_dir = r.run_dir / "model"
     if r.writes:
         model_dir = _write_model(r)
-        r.log.message(f"model written to {model_dir}")
+        kept = describe_kept(read_manifest(model_dir)["training"])
+        r.log.message(f"model written to {model_dir}: {kept}")
     r.log.close()
     return train_result(r.run_dir, model_dir, r.state, cfg.train, r.resume_from,
                         r.data.label_names, loop_seconds)

@@ -2,6 +2,14 @@
 divergence error, the run directory and its checkpoints, the metrics logger, the
 eval/checkpoint/early-stop schedule, and the model folder a run ends with."""
 
-from kiln.run.state import TrainingDiverged, TrainResult, TrainState, eval_record, finished_result
+from kiln.run.state import (
+    TrainingDiverged,
+    TrainResult,
+    TrainState,
+    describe_kept,
+    eval_record,
+    finished_result,
+)
 
-__all__ = ["TrainResult", "TrainState", "TrainingDiverged", "eval_record", "finished_result"]
+__all__ = ["TrainResult", "TrainState", "TrainingDiverged", "describe_kept", "eval_record",
+           "finished_result"]

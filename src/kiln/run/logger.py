@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import sys
 import time
+import types
 from pathlib import Path
 from typing import Any, Protocol, TextIO
 
@@ -44,6 +45,7 @@ class RunLogger:
         self._jsonl = open(self.path, "a", encoding="utf-8")  # noqa: SIM115 (closed in close())
         self._tb: Any = None
         if tensorboard:
+            without_tensorflow()
             from torch.utils.tensorboard import SummaryWriter
 
             self._tb = SummaryWriter(
@@ -57,6 +59,7 @@ class RunLogger:
                              dynamic_ncols=True, unit="step")
         self.total_steps = total_steps
         self._last_step = start_step
+        self._start = (time.monotonic(), start_step)  # for the elapsed time and ETA of plain lines
 
     def log_train(self, step: int, scalars: dict[str, float]) -> None:
         self._write({"step": step, "kind": "train", **scalars}, prefix="train")
@@ -67,7 +70,8 @@ class RunLogger:
         else:
             self.message(
                 f"step {step}/{self.total_steps}  loss {scalars['loss']:.4f}  "
-                f"lr {scalars['lr']:.2e}  {scalars['samples_per_s']:.0f} samples/s"
+                f"lr {scalars['lr']:.2e}  {scalars['samples_per_s']:.0f} samples/s  "
+                f"{self._timing(step)}"
             )
         self._last_step = step
 
@@ -77,6 +81,15 @@ class RunLogger:
             f"eval at step {step}: loss {result.loss:.4f}  accuracy {result.accuracy:.4f}  "
             f"macro_f1 {result.macro_f1:.4f}"
         )
+
+    def _timing(self, step: int) -> str:
+        """"elapsed 1:05  ETA 2:10": wall time since this process started training, and the
+        rest of it at the pace so far (evaluations and checkpoints included)."""
+        started, first = self._start
+        elapsed = time.monotonic() - started
+        done = step - first
+        eta = _clock(elapsed / done * (self.total_steps - step)) if done > 0 else "?"
+        return f"elapsed {_clock(elapsed)}  ETA {eta}"
 
     def message(self, text: str) -> None:
         if self._bar is not None:
@@ -101,6 +114,17 @@ class RunLogger:
                     self._tb.add_scalar(f"{prefix}/{key}", value, record["step"])
 
 
+def without_tensorflow() -> None:
+    """Make tensorboard write event files with the TensorFlow stub it ships, never TensorFlow.
+
+    Installed (kiln's keras extra), TensorFlow is what tensorboard imports by default just to
+    write event files: seconds per process and a page of TensorFlow's log lines on stderr. An
+    importable ``tensorboard.compat.notf`` is tensorboard's own switch to its stub; the files are
+    the same.
+    """
+    sys.modules.setdefault("tensorboard.compat.notf", types.ModuleType("tensorboard.compat.notf"))
+
+
 class NullLogger:
     """The logger of ranks other than 0 in distributed training: they write nothing."""
 
@@ -115,6 +139,13 @@ class NullLogger:
 
     def close(self) -> None:
         pass
+
+
+def _clock(seconds: float) -> str:
+    """h:mm:ss, or m:ss under an hour."""
+    minutes, secs = divmod(int(seconds + 0.5), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}:{minutes:02d}:{secs:02d}" if hours else f"{minutes}:{secs:02d}"
 
 
 def _truncate_after(path: Path, step: int) -> None:

@@ -116,6 +116,13 @@ def _stage(run_dir: Path, cfg: Config, replace: bool) -> None:
         raise
 
 
+def config_changes(run_dir: Path, cfg: Config) -> list[str]:
+    """The keys whose values differ between the run's config.yaml and ``cfg``."""
+    raw = read_yaml(run_dir / CONFIG_FILE)
+    raw.pop("versions", None)
+    return sorted(_diff(raw, cfg.model_dump(mode="json")))
+
+
 def _check_unchanged(run_dir: Path, cfg: Config) -> None:
     """Raises RunDirError when ``cfg`` changes keys that a resume cannot change."""
     saved = saved_config(run_dir)

@@ -53,6 +53,22 @@ class TrainResult:
     loop_seconds: float  # time in training steps, without evaluation and checkpoints
 
 
+def describe_kept(training: dict[str, Any]) -> str:
+    """Which step's weights a model folder holds and why, from its manifest's "training" record:
+    "weights of step 462 of 770: the best eval accuracy (0.9120; train.select=best)"."""
+    step, total = training.get("step"), training.get("total_steps")
+    metric = training.get("metric", "accuracy")
+    value = training.get("eval", {}).get(metric)
+    scored = f" {value:.4f}" if isinstance(value, (int, float)) else ""
+    if training.get("selected") == "last":
+        return f"weights of the last step, {total} (train.select=last; eval {metric}{scored})"
+    if step == total:
+        return (f"weights of the last step, {total}, which had the best eval {metric}{scored} "
+                "(train.select=best)")
+    return (f"weights of step {step} of {total}: the best eval {metric}{scored} "
+            "(train.select=best)")
+
+
 def eval_record(result: EvalResult) -> dict[str, Any]:
     """An evaluation as kept in TrainState and the manifest: scalars, confusion, example count."""
     return {**result.scalars(), "confusion": result.confusion, "num_examples": result.num_examples}

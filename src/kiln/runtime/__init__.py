@@ -19,7 +19,10 @@ from kiln.runtime.backends import (
     quantize_dynamic_int8,
 )
 from kiln.runtime.load import (
+    ArtifactChoice,
     artifact_folder,
+    bench_pick,
+    choose_artifact,
     default_artifact,
     list_artifacts,
     load_predictor,
@@ -33,6 +36,7 @@ __all__ = [
     "KIND",
     "KINDS",
     "PREFERENCE",
+    "ArtifactChoice",
     "ArtifactKind",
     "Backend",
     "OpenVinoBackend",
@@ -42,6 +46,8 @@ __all__ = [
     "TensorRtBackend",
     "TorchBackend",
     "artifact_folder",
+    "bench_pick",
+    "choose_artifact",
     "default_artifact",
     "default_artifacts",
     "list_artifacts",

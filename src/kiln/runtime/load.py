@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -58,24 +60,72 @@ def load_predictor(
                      vocab_size=int(kwargs["vocab_size"]) if "vocab_size" in kwargs else None)
 
 
+@dataclass(frozen=True)
+class ArtifactChoice:
+    """The artifact a command uses when none is named, and why (printed by every command)."""
+
+    name: str
+    reason: str
+    measured: bool  # picked from `kiln bench`'s measurements, not from a fixed order
+
+
+UNMEASURED = "not benchmarked yet (`kiln bench RUN` measures and picks)"
+
+
+def choose_artifact(folder: Path, manifest: dict[str, Any]) -> ArtifactChoice:
+    """The one recommendation every command follows: the artifact `kiln bench` measured fastest
+    at batch 1 on real texts; before a bench, the first artifact that passed parity in kiln's
+    fixed preference order (labelled unmeasured); with no export, the trained model."""
+    measured = bench_pick(folder, manifest)
+    if measured is not None:
+        return measured
+    exported = manifest.get("export", {})
+    preferred = exported.get("preferred") or exported.get("recommended")  # before kiln 0.13
+    if preferred and manifest.get("artifacts", {}).get(preferred, {}).get("passed"):
+        return ArtifactChoice(preferred, f"{UNMEASURED}: the first artifact that passed parity "
+                              "in kiln's fixed order", measured=False)
+    return ArtifactChoice(reference_artifact(manifest), "the trained model itself: the run has no "
+                          "export, so nothing is verified (`kiln export RUN`)", measured=False)
+
+
 def default_artifact(folder: Path, manifest: dict[str, Any]) -> str:
-    """The artifact served when none is named: the one `kiln bench` measured fastest, else the
-    export's recommended one, else the trained model (`kiln serve` and `kiln deploy` read this)."""
-    return (_benchmarked_choice(folder, manifest)
-            or manifest.get("export", {}).get("recommended") or reference_artifact(manifest))
+    """The name of `choose_artifact`'s pick (`kiln serve`, `predict` and `deploy` use it)."""
+    return choose_artifact(folder, manifest).name
 
 
-def _benchmarked_choice(folder: Path, manifest: dict[str, Any]) -> str | None:
-    """The artifact `kiln bench` measured fastest for this export, if it was benchmarked."""
+def bench_pick(folder: Path, manifest: dict[str, Any], *,
+               among: Callable[[str], bool] | None = None) -> ArtifactChoice | None:
+    """The verified artifact `kiln bench` measured fastest at batch 1 on real texts for this
+    export (only those for which ``among`` is true), if it was benchmarked."""
+    report = _bench_report(folder)
+    if report is None:
+        return None
+    passed = {name for name, e in manifest.get("artifacts", {}).items() if e.get("passed")}
+    passed.add(reference_artifact(manifest))
+    results = report.get("results", {})
+    name = str(report.get("recommended"))
+    why = str(report.get("recommended_why", "lowest p50 at batch 1 on real texts"))
+    if name not in passed or (among is not None and not among(name)):
+        candidates = [n for n in results if n in passed and (among is None or among(n))]
+        if not candidates:
+            return None
+        name = min(candidates, key=lambda n: results[n]["latency_b1_real"]["p50_ms"])
+        why = "lowest p50 at batch 1 on real texts among those that fit here"
+    p50 = results.get(name, {}).get("latency_b1_real", {}).get("p50_ms")
+    return ArtifactChoice(name, f"{why}, measured by kiln bench"
+                          + (f": {p50:.2f} ms" if p50 is not None else ""), measured=True)
+
+
+def _bench_report(folder: Path) -> dict[str, Any] | None:
+    """The run's bench/report.json, when ``folder`` is its export and the bench is readable."""
     report = folder.parent / "bench" / "report.json"
     if folder.name != "export" or not report.exists():
         return None
     try:
-        choice = json.loads(report.read_text(encoding="utf-8")).get("recommended")
+        loaded = json.loads(report.read_text(encoding="utf-8"))
     except (OSError, json.JSONDecodeError):
         return None
-    entry = manifest.get("artifacts", {}).get(choice)
-    return choice if choice == reference_artifact(manifest) or (entry and entry.get("passed")) else None
+    return loaded if isinstance(loaded, dict) else None
 
 
 def make_backend(folder: Path, manifest: dict[str, Any], name: str, *, threads: int | None = None,

@@ -34,13 +34,13 @@ from kiln.data import (
     prepare_data,
 )
 from kiln.errors import RunDirError
-from kiln.models import init_model, model_kwargs
+from kiln.models import init_model, model_kwargs, read_manifest
 from kiln.run.checkpoints import abandon_start, resume_point, write_verified_dir
 from kiln.run.logger import Logger, NullLogger, RunLogger
 from kiln.run.model_dir import write_model_dir
 from kiln.run.run_dir import CONFIG_FILE, TOKENIZER, start_run_dir
 from kiln.run.schedule import checkpoint_due, eval_due, record_eval, train_result
-from kiln.run.state import TrainingDiverged, TrainResult, TrainState
+from kiln.run.state import TrainingDiverged, TrainResult, TrainState, describe_kept
 from kiln.train.checkpoint import load_checkpoint, save_checkpoint, save_safetensors
 from kiln.train.distributed import (
     Dist,
@@ -149,7 +149,8 @@ def _train(
     weights = full_model_state(r.model)
     if d.is_main:
         _write_model(r, weights)
-        r.log.message(f"model written to {r.run_dir / 'model'}")
+        kept = describe_kept(read_manifest(r.run_dir / "model")["training"])
+        r.log.message(f"model written to {r.run_dir / 'model'}: {kept}")
     r.log.close()
     barrier(d)
     return train_result(r.run_dir, r.run_dir / "model", r.state, r.tc, r.resume_from,
