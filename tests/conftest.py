@@ -69,8 +69,8 @@ def exported_run(small_dataset: tuple[Path, Path], tmp_path_factory: pytest.Temp
 def kill_at_checkpoint(proc: subprocess.Popen[bytes], run: Path, min_step: int, timeout_s: float,
                        with_children: bool = False) -> int:
     """SIGKILL ``proc`` (and, if asked, every process below it, as when a machine dies) once
-    ``run`` holds a checkpoint at ``min_step`` or later; returns the step of the latest one."""
-    from kiln.run.checkpoints import latest_checkpoint, list_checkpoints
+    ``run`` holds a checkpoint at ``min_step`` or later; returns the step a resume starts from."""
+    from kiln.run.checkpoints import list_checkpoints, resume_point
 
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline and proc.poll() is None:
@@ -85,7 +85,9 @@ def kill_at_checkpoint(proc: subprocess.Popen[bytes], run: Path, min_step: int, 
     proc.wait()
     while any(_alive(pid) for pid in children):
         time.sleep(0.05)
-    latest = latest_checkpoint(run)
+    # where the trainer will resume: the newest intact checkpoint (the kill may fall between a
+    # checkpoint's folder being complete and the `latest` pointer naming it)
+    latest = resume_point(run)
     assert latest is not None
     return int(latest.name[5:])
 

@@ -5,6 +5,10 @@ from __future__ import annotations
 
 import csv
 import json
+import os
+import subprocess
+import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -185,3 +189,43 @@ def test_cli_exit_codes_and_summary(exported_run: Path, texts: list[str], tmp_pa
     labeled = write_input(tmp_path / "labeled.csv", [{"text": t, "label": "x"} for t in texts])
     assert main(["predict", str(exported_run), "--data", str(labeled), "--no-progress"]) == 2
     assert "--prefix" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("ext", [".csv", ".parquet"])
+def test_a_killed_kiln_predict_reruns_to_the_uninterrupted_output(
+    exported_run: Path, texts: list[str], tmp_path: Path, ext: str
+) -> None:
+    """SIGKILL a real `kiln predict` process midway (no cleanup runs), then run the same command
+    again: it continues from the last complete part and writes the uninterrupted output."""
+    rows = rows_of(texts * 300)  # 18,000 rows in parts of 100: long enough to be caught midway
+    data = write_input(tmp_path / f"in{ext}", rows)
+    command = [sys.executable, "-m", "kiln", "predict", str(exported_run), "--data", str(data),
+               "--chunk-rows", "100", "--batch-size", "32", "--threads", "1", "--no-progress"]
+    out = tmp_path / f"out{ext}"
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    proc = subprocess.Popen([*command, "--out", str(out)], env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    record = parts_folder(out) / "part-000004.json"
+    deadline = time.monotonic() + 120
+    while not record.exists() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.005)
+    assert proc.poll() is None, "kiln predict finished (or failed) before it could be killed"
+    proc.kill()
+    proc.wait()
+    assert not out.exists()
+    left = len(list(parts_folder(out).glob("part-*.json")))
+    assert 5 <= left < 180
+    again = subprocess.run([*command, "--out", str(out)], env=env, capture_output=True, text=True,
+                           timeout=300)
+    assert again.returncode == 0, again.stderr
+    assert f"{left} part(s) from an earlier run" in again.stdout
+    whole = subprocess.run([*command, "--out", str(tmp_path / f"whole{ext}")], env=env,
+                           capture_output=True, text=True, timeout=300)
+    assert whole.returncode == 0, whole.stderr
+    if ext == ".parquet":
+        assert pq.read_table(out).equals(pq.read_table(tmp_path / f"whole{ext}"))
+        assert pq.read_table(out).num_rows == len(rows)
+    else:
+        assert out.read_bytes() == (tmp_path / f"whole{ext}").read_bytes()
+    assert not parts_folder(out).exists()
