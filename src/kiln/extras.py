@@ -7,9 +7,13 @@ TensorFlow, and a serve worker must not load NNCF.
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import os
+import re
 import sys
+import tempfile
+from collections.abc import Iterator
 from dataclasses import dataclass
 from types import ModuleType
 
@@ -65,13 +69,47 @@ def import_keras() -> tuple[ModuleType, ModuleType]:
         os.environ["KERAS_BACKEND"] = "tensorflow"
         # TensorFlow's C++ start-up notices (CPU features, oneDNN) are not warnings a user acts on
         os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    import keras
-    import tensorflow as tf
+    with without_start_up_notices():
+        import keras
+        import tensorflow as tf
 
     if keras.backend.backend() != "tensorflow":
         raise ConfigError(f"kiln's keras path runs Keras on TensorFlow, but Keras was started with "
                           f"the {keras.backend.backend()!r} backend; unset KERAS_BACKEND")
     return tf, keras
+
+
+# TensorFlow's native start-up lines: absl's notice about logging before its initialisation, and the
+# oneDNN and CPU-feature notices (written before TF_CPP_MIN_LOG_LEVEL is read)
+START_UP_NOTICE = re.compile(
+    r"^(WARNING: All log messages before absl::InitializeLog\(\)"
+    r"|[IW]\d{4} [\d:.]+ +\d+ (port|cpu_feature_guard)\.cc:\d+\]"
+    r"|To enable the following instructions: .*rebuild TensorFlow)")
+
+
+@contextlib.contextmanager
+def without_start_up_notices() -> Iterator[None]:
+    """Hold back what is written to file descriptor 2 (beneath Python) while TensorFlow starts,
+    then pass on every line but its start-up notices (``START_UP_NOTICE``)."""
+    sys.stderr.flush()
+    try:
+        saved = os.dup(2)
+    except OSError:  # no stderr to filter
+        yield
+        return
+    with tempfile.TemporaryFile() as held:
+        os.dup2(held.fileno(), 2)
+        try:
+            yield
+        finally:
+            sys.stderr.flush()
+            os.dup2(saved, 2)
+            os.close(saved)
+            held.seek(0)
+            for line in held.read().decode("utf-8", "replace").splitlines(keepends=True):
+                if not START_UP_NOTICE.match(line):
+                    sys.stderr.write(line)
+            sys.stderr.flush()
 
 
 def keras_versions() -> dict[str, str]:

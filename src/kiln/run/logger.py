@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import itertools
 import json
+import os
+import socket
 import sys
 import time
-import types
 from pathlib import Path
-from typing import Any, Protocol, TextIO
+from typing import Any, BinaryIO, Protocol, TextIO
 
 from kiln.config import write_text_atomic
 from kiln.metrics import EvalResult
@@ -45,12 +47,7 @@ class RunLogger:
         self._jsonl = open(self.path, "a", encoding="utf-8")  # noqa: SIM115 (closed in close())
         self._tb: Any = None
         if tensorboard:
-            without_tensorflow()
-            from torch.utils.tensorboard import SummaryWriter
-
-            self._tb = SummaryWriter(
-                str(run_dir / "tensorboard"), purge_step=start_step if start_step else None
-            )
+            self._tb = ScalarEvents(run_dir / "tensorboard", purge_step=start_step or None)
         self._bar: Any = None
         if progress if progress is not None else self.stream.isatty():
             from tqdm import tqdm
@@ -114,15 +111,51 @@ class RunLogger:
                     self._tb.add_scalar(f"{prefix}/{key}", value, record["step"])
 
 
-def without_tensorflow() -> None:
-    """Make tensorboard write event files with the TensorFlow stub it ships, never TensorFlow.
+class ScalarEvents:
+    """A TensorBoard event file of scalars, as torch's SummaryWriter writes one, from
+    tensorboard's protobufs and record writer alone.
 
-    Installed (kiln's keras extra), TensorFlow is what tensorboard imports by default just to
-    write event files: seconds per process and a page of TensorFlow's log lines on stderr. An
-    importable ``tensorboard.compat.notf`` is tensorboard's own switch to its stub; the files are
-    the same.
+    torch's writer opens its file through ``tensorboard.compat.tf``, which imports TensorFlow
+    whenever it is installed (kiln's keras extra): seconds per process and a page of TensorFlow's
+    log lines, for a file format that needs neither.
     """
-    sys.modules.setdefault("tensorboard.compat.notf", types.ModuleType("tensorboard.compat.notf"))
+
+    def __init__(self, log_dir: Path, purge_step: int | None = None) -> None:
+        from tensorboard.compat.proto.event_pb2 import Event, SessionLog
+        from tensorboard.summary.writer.record_writer import RecordWriter
+
+        log_dir.mkdir(parents=True, exist_ok=True)
+        self._records = RecordWriter(_new_event_file(log_dir))
+        self._event = Event
+        self._write(Event(wall_time=time.time(), file_version="brain.Event:2"))
+        if purge_step is not None:  # TensorBoard drops what an interrupted run logged after it
+            self._write(Event(wall_time=time.time(), step=purge_step,
+                              session_log=SessionLog(status=SessionLog.START)))
+
+    def add_scalar(self, tag: str, value: float, step: int) -> None:
+        from tensorboard.compat.proto.summary_pb2 import Summary
+
+        summary = Summary(value=[Summary.Value(tag=tag, simple_value=float(value))])
+        self._write(self._event(wall_time=time.time(), step=step, summary=summary))
+
+    def close(self) -> None:
+        self._records.close()
+
+    def _write(self, event: Any) -> None:
+        self._records.write(event.SerializeToString())
+        self._records.flush()
+
+
+def _new_event_file(log_dir: Path) -> BinaryIO:
+    """A new file named as TensorBoard writers name theirs; the last number keeps two loggers of
+    one process and second apart (a resume in the same process)."""
+    stem = f"events.out.tfevents.{int(time.time())}.{socket.gethostname()}.{os.getpid()}"
+    for n in itertools.count():
+        try:
+            return open(log_dir / f"{stem}.{n}", "xb")  # noqa: SIM115 (closed by ScalarEvents)
+        except FileExistsError:
+            continue
+    raise AssertionError("unreachable")
 
 
 class NullLogger:
