@@ -179,6 +179,7 @@ def test_cli_exit_codes_and_summary(exported_run: Path, texts: list[str], tmp_pa
     assert main(["predict", str(exported_run), "--data", str(good), "--no-progress"]) == 0
     out = capsys.readouterr().out
     assert "good.predictions.csv: 10 rows in" in out and "labels: " in out
+    assert "kiln predict: artifact " in out  # which artifact, and why
     bad = write_input(tmp_path / "bad.csv", bad_rows(texts))
     assert main(["predict", str(exported_run), "--data", str(bad), "--no-progress"]) == 2
     err = capsys.readouterr().err

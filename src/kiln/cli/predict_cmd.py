@@ -32,21 +32,51 @@ def add_parser(sub: Any) -> None:
     parser.add_argument("--prefix", default="", help="put before the added columns' names "
                         "(for an input that already has a 'label' column)")
     parser.add_argument("--fresh", action="store_true",
-                        help="start over, ignoring parts an interrupted run left")
-    parser.add_argument("--threads", type=int, help="CPU threads for the model")
+                        help="start over, ignoring parts an interrupted run left (either engine "
+                        "resumes the other's parts: their output is the same)")
+    parser.add_argument("--threads", type=int, help="CPU threads for the model (with --engine "
+                        "ray: per actor, default 1)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar or lines")
+    group = parser.add_argument_group(
+        "Ray", "score the chunks on a Ray cluster (pip install 'kiln[ray]'); every node must "
+        "read the run folder and the input at the same paths; the output is written here")
+    group.add_argument("--engine", choices=("local", "ray"), default="local",
+                       help="local: this process (default); ray: Ray actors score the chunks, "
+                       "the same output (an actor scores a whole chunk: make the input many more "
+                       "chunks than actors)")
+    group.add_argument("--address", metavar="ADDR", help="Ray cluster to join: 'auto' (the one "
+                       "started on this node with `ray start`) or ray://HOST:10001 (default: "
+                       "start a local Ray)")
+    group.add_argument("--num-workers", type=int, metavar="N", help="scoring actors, each "
+                       "loading the model once (default: the cluster's CPUs / --threads)")
     parser.set_defaults(handler=run)
 
 
 def run(args: argparse.Namespace) -> int:
+    from kiln.errors import ConfigError
     from kiln.predict import PredictOptions, predict_file
 
+    if args.artifact is None:  # say what runs and why before the (possibly long) job starts
+        from kiln.models import read_manifest
+        from kiln.runtime import artifact_folder, choose_artifact
+
+        folder = artifact_folder(args.run)
+        choice = choose_artifact(folder, read_manifest(folder))
+        print(f"kiln predict: artifact {choice.name} ({choice.reason})", flush=True)
     options = PredictOptions(
         text_column=args.text_column, artifact=args.artifact, batch_size=args.batch_size,
         chunk_rows=args.chunk_rows, probabilities=args.probabilities, on_error=args.on_error,
         prefix=args.prefix, fresh=args.fresh, threads=args.threads,
         progress=False if args.no_progress else None)
-    s = predict_file(args.run, args.data, args.out, options)
+    if args.engine == "ray":
+        from kiln.predict.ray_engine import RayOptions, predict_file_on_ray
+
+        where = RayOptions(address=args.address, num_workers=args.num_workers)
+        s = predict_file_on_ray(args.run, args.data, args.out, options, where)
+    elif args.address is not None or args.num_workers is not None:
+        raise ConfigError("--address and --num-workers are for --engine ray; add --engine ray")
+    else:
+        s = predict_file(args.run, args.data, args.out, options)
     resumed = f", {s.resumed_parts} part(s) from an earlier run" if s.resumed_parts else ""
     print(f"{s.output}: {s.rows:,} rows in {s.seconds:.1f} s ({s.rows_per_s:,.0f} rows/s) with "
           f"{s.artifact}{resumed}")
