@@ -16,6 +16,7 @@ import torch
 
 from kiln.bench.contention import Contention, idle_check, watched
 from kiln.bench.harness import Inputs, latency_of, latency_samples, measure_throughput
+from kiln.bench.peaks import Peaks, measure_peaks, peak_share, workload_flops
 from kiln.bench.plots import write_plots
 from kiln.config import load_config
 from kiln.data import prepare_data
@@ -78,10 +79,12 @@ def bench_run(run_dir: str | os.PathLike[str], settings: BenchSettings = BenchSe
     if baseline not in names:
         names.insert(0, baseline)
     torch.set_num_threads(settings.threads)
+    peaks = measure_peaks(settings.threads)  # what each artifact's rate is a share of
     work = Workloads(singles, fixed_singles, batches, fixed_batches)
     before = idle_check()
     results = _measure_all(folder, manifest, names, work, settings)
-    report = _summarize(results, baseline, settings, max_length, len(sequences))
+    report = _summarize(results, baseline, settings, max_length, len(sequences), peaks,
+                        workload_flops(manifest, [ids.shape[1] for ids, _ in batches]))
     report["machine"]["contention_before"] = asdict(before)
     report["warnings"] = _warnings(results, baseline, before)
     _write_report(run / "bench", report)
@@ -203,10 +206,14 @@ def baseline_artifact(manifest: dict[str, Any]) -> str:
 
 
 def _summarize(results: dict[str, Any], baseline: str, settings: BenchSettings, max_length: int,
-               eval_texts: int) -> dict[str, Any]:
+               eval_texts: int, peaks: Peaks | None = None,
+               flops_per_sample: float | None = None) -> dict[str, Any]:
     base = results[baseline]
     ratios = {}
     for name, r in results.items():
+        # batch `settings.batch_size` on real texts, against the machine's peak for its precision
+        r["peak_share"] = peak_share(name, r["throughput_real"]["samples_per_s"],
+                                     flops_per_sample, peaks)
         ratios[name] = {
             "p50_real_vs_eager_fixed": r["latency_b1_real"]["p50_ms"] / base["latency_b1_fixed"]["p50_ms"],
             "p50_real_vs_eager_real": r["latency_b1_real"]["p50_ms"] / base["latency_b1_real"]["p50_ms"],
@@ -225,7 +232,10 @@ def _summarize(results: dict[str, Any], baseline: str, settings: BenchSettings, 
         "settings": {**settings.__dict__, "artifacts": list(results), "max_length": max_length,
                      "eval_texts": eval_texts},
         "machine": {"platform": platform.platform(), "processor": platform.processor(),
-                    "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads()},
+                    "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+                    "peaks": peaks.to_json() if peaks is not None else None,
+                    "matmul_gflop_per_sample": (flops_per_sample / 1e9
+                                                if flops_per_sample is not None else None)},
         "results": results,
         "ratios": ratios,
     }
@@ -259,8 +269,9 @@ def format_report(report: dict[str, Any]) -> str:
         f"{report['baseline']})",
         "",
         "| artifact | p50 b1 fixed ms | p50 b1 real ms | p99 b1 real ms | samples/s fixed "
-        "| samples/s real | p50 real / eager fixed | p50 real / eager real | thr real / eager |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| samples/s real | p50 real / eager fixed | p50 real / eager real | thr real / eager "
+        "| GFLOP/s real (share of peak) |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     unreliable = {n for n, r in report["results"].items()
                   if r.get("disturbed_rounds", 0) == len(r.get("rounds", [None]))}
@@ -271,7 +282,8 @@ def format_report(report: dict[str, Any]) -> str:
             f"| {name} | {r['latency_b1_fixed']['p50_ms']:.2f} | {r['latency_b1_real']['p50_ms']:.2f} "
             f"| {r['latency_b1_real']['p99_ms']:.2f} | {r['throughput_fixed']['samples_per_s']:.0f} "
             f"| {r['throughput_real']['samples_per_s']:.0f} | {q['p50_real_vs_eager_fixed']:.3f}{mark} "
-            f"| {q['p50_real_vs_eager_real']:.3f}{mark} | {q['throughput_real_vs_eager']:.2f}x{mark} |")
+            f"| {q['p50_real_vs_eager_real']:.3f}{mark} | {q['throughput_real_vs_eager']:.2f}x{mark} "
+            f"| {_share_cell(r.get('peak_share'))} |")
     why = report.get("recommended_why", "lowest p50 at batch 1 on real texts")
     lines += ["", f"recommended for serving ({why}): **{report['recommended']}**", ""]
     if report.get("highest_throughput", report["recommended"]) != report["recommended"]:
@@ -281,6 +293,12 @@ def format_report(report: dict[str, Any]) -> str:
         lines += ["**warning**: the machine was not quiet; (!) marks figures measured under "
                   "contention", ""] + [f"- {w}" for w in report["warnings"]] + [""]
     return "\n".join(lines)
+
+
+def _share_cell(share: dict[str, Any] | None) -> str:
+    if not share:
+        return "-"
+    return f"{share['achieved_gflops']:.0f} ({share['share']:.0%} of {share['precision']})"
 
 
 def _write_report(target: Path, report: dict[str, Any]) -> None:

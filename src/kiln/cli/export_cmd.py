@@ -36,6 +36,8 @@ def add_parser(sub: Any) -> None:
 def run(args: argparse.Namespace) -> int:
     from kiln.export import Tolerance, export_run, format_parity_table
 
+    if args.artifacts is None:
+        _say_what_is_not_built_here(args.run)
     report = export_run(
         args.run, artifacts=args.artifacts, calibration_samples=args.calibration_samples,
         tolerance=Tolerance(args.max_accuracy_drop, args.min_agreement),
@@ -54,3 +56,19 @@ def run(args: argparse.Namespace) -> int:
                   f"{'; '.join(p.failures)}", file=sys.stderr)
         return 1
     return 0
+
+
+def _say_what_is_not_built_here(run: str) -> None:
+    """One line per artifact kind this machine cannot build for the run, and why (a missing
+    extra, no GPU, no native bf16)."""
+    from pathlib import Path
+
+    from kiln.models import MANIFEST, read_manifest
+    from kiln.runtime.artifacts import not_built_here
+
+    model = Path(run) / "model"
+    if not (model / MANIFEST).exists():
+        return  # export_run says what is wrong with the run
+    framework = str(read_manifest(model).get("framework", "torch"))
+    for name, why in not_built_here(framework).items():
+        print(f"kiln export: not built on this machine: {name}: {why}", file=sys.stderr)

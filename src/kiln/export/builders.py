@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 
+from kiln.errors import RunDirError
 from kiln.export.fallback import MixedPrecision
 from kiln.export.onnx_optimize import (
     DYNAMIC_OPS,
@@ -26,7 +27,12 @@ from kiln.export.onnx_optimize import (
     quantize_dynamic_int8,
     quantize_static_int8,
 )
-from kiln.export.openvino_export import convert_openvino, openvino_matmuls, quantize_openvino_int8
+from kiln.export.openvino_export import (
+    convert_openvino,
+    openvino_matmuls,
+    quantize_openvino_int8,
+    with_inference_precision,
+)
 from kiln.export.tensorrt_export import build_engine
 from kiln.export.trained import TrainedModel
 from kiln.models import ort_optimizer_options
@@ -98,6 +104,29 @@ def build_openvino_int8(job: BuildJob) -> None:
     quantize_openvino_int8(job.path("openvino-fp32"), job.path("openvino-int8"), job.calibration)
 
 
+def build_openvino_bf16(job: BuildJob) -> None:
+    _with_kind_precision(job, "openvino-fp32", "openvino-bf16")
+
+
+def build_openvino_int8_bf16(job: BuildJob) -> None:
+    _with_kind_precision(job, "openvino-int8", "openvino-int8-bf16")
+
+
+def _with_kind_precision(job: BuildJob, source: str, name: str) -> None:
+    """IR ``source`` as artifact ``name``, recording ``name``'s inference precision.
+
+    Raises:
+        RunDirError: ``name`` computes in a precision this CPU has no native support for, so its
+            parity could not be measured as it will be served.
+    """
+    why = KIND[name].not_built_here()
+    if why is not None:
+        raise RunDirError(f"{name} cannot be built on this machine: it {why}")
+    precision = KIND[name].inference_precision
+    assert precision is not None, f"{name} has no inference precision to record"
+    with_inference_precision(job.path(source), job.path(name), precision)
+
+
 def build_tensorrt_fp16(job: BuildJob) -> None:
     build_engine(job.path("onnx-fp32"), job.path("tensorrt-fp16"), int(job.manifest["max_length"]))
 
@@ -137,15 +166,27 @@ def mixed_onnx_int8_static(job: BuildJob) -> MixedPrecision | None:
 
 
 def mixed_openvino_int8(job: BuildJob) -> MixedPrecision | None:
+    return _mixed_openvino_int8(job, "openvino-int8")
+
+
+def mixed_openvino_int8_bf16(job: BuildJob) -> MixedPrecision | None:
+    return _mixed_openvino_int8(job, "openvino-int8-bf16")
+
+
+def _mixed_openvino_int8(job: BuildJob, name: str) -> MixedPrecision | None:
+    """The fallback of OpenVINO int8 artifact ``name``: NNCF int8 from the fp32 IR with some
+    MatMuls left alone, computed in ``name``'s inference precision."""
     fp32_ir = job.path("openvino-fp32")
     if not fp32_ir.exists():
         return None
     names = openvino_matmuls(fp32_ir)
+    precision = KIND[name].inference_precision
 
     def build(fp32: Sequence[str]) -> Backend:
-        side = side_file(job.work, "openvino-int8")
+        side = side_file(job.work, name)
         quantize_openvino_int8(fp32_ir, side, job.calibration,
-                               fp32_layers=[names[layer] for layer in fp32])
+                               fp32_layers=[names[layer] for layer in fp32],
+                               inference_precision=precision)
         return OpenVinoBackend(side, max_length=int(job.manifest["max_length"]))
 
     # NNCF quantises the same weight MatMuls as ORT's static int8 (per-channel weights,

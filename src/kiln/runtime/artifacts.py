@@ -7,10 +7,16 @@ Adding a kind of artifact is one entry here plus its builder in ``kiln.export.bu
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from kiln import extras
+
+# /proc/cpuinfo flags of x86 CPUs that compute in bf16 natively (Cooper Lake and later Xeons,
+# AMD Zen 4); elsewhere bf16 is emulated and slower than fp32 (../shared/FINDINGS.md)
+BF16_FLAGS = frozenset({"avx512_bf16", "amx_bf16"})
 
 
 @dataclass(frozen=True)
@@ -20,7 +26,7 @@ class ArtifactKind:
     name: str  # e.g. onnx-int8-dynamic: what users pass to --artifact
     file: str  # its file (or folder) in export/
     backend: str  # the runtime that runs it: torch, tensorflow, onnxruntime, openvino, tensorrt
-    precision: str  # fp32, fp16 or int8
+    precision: str  # fp32, bf16, fp16 or int8: what its matrix multiplies compute in
     # the function of kiln.export.builders that builds it; None: the trained model itself
     builder: str | None = None
     source: str | None = None  # the artifact it is built from (None: the trained model)
@@ -29,14 +35,29 @@ class ArtifactKind:
     # the function of kiln.export.builders that rebuilds it with some layers in fp32 when it
     # fails parity (int8 kinds; see kiln.export.fallback); None: it never falls back
     fallback: str | None = None
+    # OpenVINO's INFERENCE_PRECISION_HINT for the operations that are not int8, recorded in the
+    # IR at export (None: f32). "bf16" kinds are built only on CPUs with native bf16, where their
+    # parity is measured in bf16; elsewhere OpenVINO would quietly compute them in f32.
+    inference_precision: str | None = None
 
     @property
     def int8(self) -> bool:
         return self.precision == "int8"
 
     def installed(self) -> bool:
-        """Whether this machine can build and run it (its extra is installed)."""
+        """Whether this machine can run it (its extra is installed)."""
         return self.extra is None or extras.installed(self.extra)
+
+    def not_built_here(self) -> str | None:
+        """Why `kiln export` cannot build it on this machine, or None when it can."""
+        if not self.installed():
+            assert self.extra is not None
+            return f"needs the optional extra '{self.extra}': {extras.install_hint(self.extra)}"
+        if self.inference_precision == "bf16" and not native_bf16():
+            return ("computes in bf16, which this CPU does not do natively (no "
+                    f"{' or '.join(sorted(BF16_FLAGS))} in /proc/cpuinfo): export it on the kind "
+                    "of machine that will serve it")
+        return None
 
 
 KINDS: tuple[ArtifactKind, ...] = (
@@ -63,14 +84,25 @@ KINDS: tuple[ArtifactKind, ...] = (
                  source="onnx-fp32", extra="openvino"),
     ArtifactKind("openvino-int8", "model.ov-int8.xml", "openvino", "int8", "build_openvino_int8",
                  source="openvino-fp32", extra="openvino", fallback="mixed_openvino_int8"),
+    # the IRs above compiled with bf16 for every operation that is not int8; each is an IR file
+    # of its own that records the precision, and shares its source's weights (a hard link)
+    ArtifactKind("openvino-bf16", "model.ov-bf16.xml", "openvino", "bf16", "build_openvino_bf16",
+                 source="openvino-fp32", extra="openvino", inference_precision="bf16"),
+    ArtifactKind("openvino-int8-bf16", "model.ov-int8-bf16.xml", "openvino", "int8",
+                 "build_openvino_int8_bf16", source="openvino-int8", extra="openvino",
+                 fallback="mixed_openvino_int8_bf16", inference_precision="bf16"),
     ArtifactKind("tensorrt-fp16", "model.trt.plan", "tensorrt", "fp16", "build_tensorrt_fp16",
                  source="onnx-fp32", extra="tensorrt"),
 )
 KIND = {kind.name: kind for kind in KINDS}
 ARTIFACTS = tuple(kind.name for kind in KINDS if kind.builder)  # what `kiln export` can build
-# Without benchmark numbers, the artifact expected to be fastest on a CPU comes first.
-PREFERENCE = ("openvino-int8", "onnx-int8-dynamic", "onnx-int8-static", "onnx-opt", "onnx-fp32",
-              "openvino-fp32", "torch-int8")
+# Without benchmark numbers, the artifact expected to be fastest on a CPU comes first. Each bf16
+# twin comes right after the IR it is made from, so it never wins a tie against it: the original
+# is closer to the trained model, and at batch 1 (what the recommendation measures) it was faster
+# on an AVX512-BF16 CPU without AMX (benchmarks/openvino_bf16.py). CPUs without native bf16 have
+# no bf16 twins, so their order is unchanged.
+PREFERENCE = ("openvino-int8", "openvino-int8-bf16", "onnx-int8-dynamic", "onnx-int8-static",
+              "onnx-opt", "onnx-fp32", "openvino-fp32", "openvino-bf16", "torch-int8")
 
 
 def reference_artifact(manifest: dict[str, Any]) -> str:
@@ -84,9 +116,35 @@ def buildable(framework: str) -> tuple[str, ...]:
 
 
 def default_artifacts(framework: str = "torch") -> tuple[str, ...]:
-    """Every artifact this installation can build from a ``framework`` run (OpenVINO needs the
-    kiln[openvino] extra, TensorRT the `tensorrt` package and a CUDA GPU)."""
-    return tuple(name for name in buildable(framework) if KIND[name].installed())
+    """Every artifact this machine can build from a ``framework`` run (OpenVINO needs the
+    kiln[openvino] extra, TensorRT the `tensorrt` package and a CUDA GPU, the bf16 ones a CPU with
+    native bf16); `not_built_here` says why the others are left out."""
+    return tuple(name for name in buildable(framework) if KIND[name].not_built_here() is None)
+
+
+def not_built_here(framework: str = "torch") -> dict[str, str]:
+    """The artifacts of a ``framework`` run that this machine cannot build, and why."""
+    return {name: why for name in buildable(framework)
+            if (why := KIND[name].not_built_here()) is not None}
+
+
+def native_bf16(cpuinfo: str | None = None) -> bool:
+    """Whether the CPU computes in bf16 natively, from the ``flags`` line of ``cpuinfo`` (text in
+    the format of Linux's /proc/cpuinfo; by default this machine's, and False without one)."""
+    text = _proc_cpuinfo() if cpuinfo is None else cpuinfo
+    for line in text.splitlines():
+        key, _, value = line.partition(":")
+        if key.strip() == "flags":  # every core lists the same flags: the first line will do
+            return not BF16_FLAGS.isdisjoint(value.split())
+    return False
+
+
+@functools.cache
+def _proc_cpuinfo() -> str:
+    try:
+        return Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="replace")
+    except OSError:  # not Linux
+        return ""
 
 
 def with_sources(names: list[str]) -> list[str]:

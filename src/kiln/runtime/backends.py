@@ -1,4 +1,5 @@
-"""Backends: torch eager (fp32, dynamic int8) and ONNX Runtime (any ONNX artifact)."""
+"""Backends: torch eager (fp32, dynamic int8), ONNX Runtime (any ONNX artifact), OpenVINO (IR,
+f32 or bf16) and TensorRT."""
 
 from __future__ import annotations
 
@@ -122,6 +123,18 @@ def openvino_core() -> Any:
     return ov.Core()
 
 
+# Where an IR records the INFERENCE_PRECISION_HINT it was verified with (kiln.export writes it;
+# OpenVINO itself does not read it: OpenVinoBackend does)
+PRECISION_RT_INFO = ["runtime_options", "INFERENCE_PRECISION_HINT"]
+
+
+def recorded_precision(model: Any) -> str | None:
+    """The inference precision an ``openvino.Model`` records in its rt_info (``"bf16"``), if any."""
+    if not model.has_rt_info(PRECISION_RT_INFO):
+        return None
+    return str(model.get_rt_info(PRECISION_RT_INFO).astype(str))
+
+
 class OpenVinoBackend:
     """An OpenVINO CPU compiled model over an IR file (optional extra ``kiln[openvino]``).
 
@@ -134,16 +147,23 @@ class OpenVinoBackend:
 
     def __init__(self, xml: str | os.PathLike[str], *, threads: int | None = None,
                  max_length: int | None = None, length_bucket: int = 16,
-                 cache_capacity: int = 256) -> None:
+                 cache_capacity: int = 256, inference_precision: str | None = None) -> None:
+        """``inference_precision``: what OpenVINO computes the operations that are not int8 in,
+        ``"f32"`` or ``"bf16"``; by default the one the IR records (its artifact kind's, written
+        at export), else f32."""
+        self.path = Path(xml)
+        model = openvino_core().read_model(str(self.path))
         # OpenVINO runs non-quantised ops in bf16 by default on CPUs with avx512_bf16 or AMX, about
-        # 5e-3 off the trained model's logits: pin f32 so the artifact computes what parity
-        # verified, on whatever CPU it is later served from.
-        config: dict[str, Any] = {"PERFORMANCE_HINT": "LATENCY", "INFERENCE_PRECISION_HINT": "f32",
+        # 5e-3 off the trained model's logits: ask for the precision parity verified, on whatever
+        # CPU the artifact is later served from. (Asked for bf16, a CPU without it keeps f32: so
+        # reads the plugin's config code, 2023-24 sources; not tried on such a CPU.)
+        precision = inference_precision or recorded_precision(model) or "f32"
+        config: dict[str, Any] = {"PERFORMANCE_HINT": "LATENCY",
+                                  "INFERENCE_PRECISION_HINT": precision,
                                   "CPU_RUNTIME_CACHE_CAPACITY": cache_capacity}
         if threads:
             config["INFERENCE_NUM_THREADS"] = threads
-        self.path = Path(xml)
-        self.compiled = openvino_core().compile_model(str(self.path), "CPU", config)
+        self.compiled = openvino_core().compile_model(model, "CPU", config)
         self.request = self.compiled.create_infer_request()
         self.threads = threads
         self.max_length, self.length_bucket = max_length, length_bucket
@@ -181,7 +201,7 @@ class OpenVinoBackend:
         precision = self.compiled.get_property("INFERENCE_PRECISION_HINT").get_type_name()
         return {"backend": "openvino", "file": self.path.name, "threads": self.threads or "default",
                 "inference_precision": precision, "length_bucket": self.length_bucket,
-                "openvino": ov.__version__}
+                "max_length": self.max_length, "openvino": ov.__version__}
 
 
 class TensorRtBackend:
