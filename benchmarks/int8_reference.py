@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from kiln.bench.peaks import ort_int8_peak
 from kiln.export.fusable import fusable_copy
 from kiln.export.onnx_export import export_onnx, export_onnx_torchscript
 from kiln.export.onnx_optimize import (
@@ -43,33 +44,9 @@ def matmul_gops_per_sample(length: int) -> float:
 
 
 def int8_peak_gops(threads: int, n: int = 2048) -> float:
-    """The int8 matrix-multiply rate ONNX Runtime reaches here (MatMulInteger u8 x s8, n^3).
-
-    torch._int_mm has no fast CPU path in this torch build (about 2 GOP/s), so the peak is taken
-    from the engine that runs the int8 models.
-    """
-    import onnxruntime as ort
-    from onnx import TensorProto, helper, numpy_helper
-
-    rng = np.random.default_rng(0)
-    weight = numpy_helper.from_array(rng.integers(-128, 127, (n, n), dtype=np.int8), "B")
-    graph = helper.make_graph(
-        [helper.make_node("MatMulInteger", ["A", "B"], ["Y"])], "peak",
-        [helper.make_tensor_value_info("A", TensorProto.UINT8, [n, n])],
-        [helper.make_tensor_value_info("Y", TensorProto.INT32, [n, n])], [weight])
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = threads
-    session = ort.InferenceSession(model.SerializeToString(), options,
-                                   providers=["CPUExecutionProvider"])
-    a = rng.integers(0, 255, (n, n), dtype=np.uint8)
-    session.run(None, {"A": a})
-    times = []
-    for _ in range(5):
-        start = time.perf_counter()
-        session.run(None, {"A": a})
-        times.append(time.perf_counter() - start)
-    return 2 * n**3 / statistics.median(times) / 1e9
+    """The int8 matrix-multiply rate ONNX Runtime reaches here (MatMulInteger u8 x s8, n^3), as
+    `kiln bench` measures it (torch._int_mm has no fast CPU path in this torch build)."""
+    return ort_int8_peak(threads, n, 1.0)
 
 
 def main() -> None:

@@ -62,7 +62,7 @@ def measure_peaks(threads: int, seconds: float = SECONDS, size: int = SIZE) -> P
         bf16 = _torch_peak(torch.bfloat16, size, seconds)
     finally:
         torch.set_num_threads(before)
-    return Peaks(fp32=fp32, bf16=bf16, int8=_ort_int8_peak(threads, size, seconds),
+    return Peaks(fp32=fp32, bf16=bf16, int8=ort_int8_peak(threads, size, seconds),
                  threads=threads, native_bf16=native_bf16(), size=size)
 
 
@@ -86,7 +86,7 @@ def _torch_peak(dtype: torch.dtype, n: int, seconds: float) -> float:
         return best_rate(lambda: torch.mm(a, b), 2.0 * n**3, seconds)
 
 
-def _ort_int8_peak(threads: int, n: int, seconds: float) -> float:
+def ort_int8_peak(threads: int, n: int, seconds: float) -> float:
     """MatMulInteger of a u8 activation and an s8 weight, as ONNX Runtime's dynamic int8
     artifacts multiply (VNNI or AMX where the CPU has them)."""
     import onnxruntime as ort

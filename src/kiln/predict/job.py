@@ -115,6 +115,46 @@ def predict_file(
         RunDirError: no model at ``run``, or an unusable artifact.
     """
     opts = options or PredictOptions()
+    job = open_job(run, data, out, opts)
+    predictor = load_predictor(job.folder, job.artifact, threads=opts.threads)
+    started = time.monotonic()
+    progress = Progress(job.source.total, job.source.unit, opts.progress,
+                        enabled=opts.progress is not False)
+    try:
+        stats, header = _run_chunks(job.source, predictor, job.parts, job.fmt, job.column,
+                                    job.names, opts, job.done, progress, after_part)
+    finally:
+        progress.close()
+    summary = _finish(job.target, job.fmt, job.parts, stats, header, job.source)
+    summary.seconds, summary.artifact, summary.resumed_parts = (time.monotonic() - started,
+                                                                job.artifact, job.done)
+    return summary
+
+
+@dataclass(frozen=True)
+class Job:
+    """A prediction job resolved and checked before any scoring, whichever engine scores it."""
+
+    source: InputFile
+    target: Path  # the output file
+    fmt: str  # the output's format
+    folder: Path  # the model's artifact folder
+    artifact: str
+    column: str  # the text column
+    labels: list[str]
+    names: list[str]  # the columns it adds
+    parts: Path  # the folder of finished parts
+    done: int  # parts an earlier run of the same job finished
+
+
+def open_job(run: str | os.PathLike[str], data: str | os.PathLike[str],
+             out: str | os.PathLike[str] | None, opts: PredictOptions) -> Job:
+    """Resolve the input, output, model and artifact of a job, and its parts folder (resumed,
+    started or, with ``fresh``, started over).
+
+    Raises:
+        DataError, JobMismatch, RunDirError, KilnError: as `predict_file` says.
+    """
     source = open_input(data)
     target = Path(out) if out is not None else default_output(source.path)
     fmt = output_format(target)
@@ -123,22 +163,12 @@ def predict_file(
     manifest = read_manifest(folder)
     artifact = opts.artifact or default_artifact(folder, manifest)
     column = opts.text_column or manifest.get("data", {}).get("text_column", "text")
-    job = _job_record(source, folder, artifact, column, fmt, opts)
+    labels = list(manifest["labels"])
     parts = parts_folder(target)
-    done = _open_parts(parts, job, opts.fresh)
-    predictor = load_predictor(folder, artifact, threads=opts.threads)
-    names = _added_names(predictor.label_names, opts)
-    started = time.monotonic()
-    progress = Progress(source.total, source.unit, opts.progress, enabled=opts.progress is not False)
-    try:
-        stats, header = _run_chunks(source, predictor, parts, fmt, column, names, opts, done,
-                                    progress, after_part)
-    finally:
-        progress.close()
-    summary = _finish(target, fmt, parts, stats, header, source)
-    summary.seconds, summary.artifact, summary.resumed_parts = (time.monotonic() - started,
-                                                                artifact, done)
-    return summary
+    done = _open_parts(parts, _job_record(source, folder, artifact, column, fmt, opts), opts.fresh)
+    return Job(source=source, target=target, fmt=fmt, folder=folder, artifact=artifact,
+               column=column, labels=labels, names=_added_names(labels, opts), parts=parts,
+               done=done)
 
 
 def _check_options(opts: PredictOptions) -> None:

@@ -30,25 +30,19 @@ import numpy as np
 
 from kiln.errors import ConfigError, DataError, KilnError
 from kiln.files import write_text_atomic
-from kiln.models import read_manifest
-from kiln.predict.formats import InputFile, open_input, output_format, read_chunks, write_part
+from kiln.predict.formats import InputFile, open_input, read_chunks, write_part
 from kiln.predict.job import (
     PredictOptions,
     PredictSummary,
     _added_columns,
-    _added_names,
-    _check_options,
     _check_texts,
     _finish,
     _header,
-    _job_record,
-    _open_parts,
-    default_output,
-    parts_folder,
+    open_job,
     score_texts,
 )
 from kiln.predict.progress import Progress
-from kiln.runtime import Predictor, artifact_folder, default_artifact, load_predictor
+from kiln.runtime import Predictor, load_predictor
 
 INSTALL = "pip install 'kiln[ray]'"
 
@@ -108,36 +102,25 @@ def predict_file_on_ray(
     ray = import_ray()
     if where.num_workers is not None and where.num_workers < 1:
         raise ConfigError(f"--num-workers must be at least 1, not {where.num_workers}")
-    source = open_input(data)
-    target = Path(out) if out is not None else default_output(source.path)
-    fmt = output_format(target)
-    _check_options(opts)
-    folder = artifact_folder(run)
-    manifest = read_manifest(folder)
-    artifact = opts.artifact or default_artifact(folder, manifest)
-    column = opts.text_column or manifest.get("data", {}).get("text_column", "text")
-    labels = list(manifest["labels"])
-    names = _added_names(labels, opts)
-    header = _header(next(read_chunks(source, 1)).columns, names, column, source)
-    parts = parts_folder(target)
-    done = _open_parts(parts, _job_record(source, folder, artifact, column, fmt, opts),
-                       opts.fresh)
-    model = ActorModel(str(folder.resolve()), artifact, opts.threads or 1, opts.batch_size)
+    job = open_job(run, data, out, opts)
+    header = _header(next(read_chunks(job.source, 1)).columns, job.names, job.column, job.source)
+    model = ActorModel(str(job.folder.resolve()), job.artifact, opts.threads or 1,
+                       opts.batch_size)
     started = time.monotonic()
     with ray_session(ray, where.address):
-        scored = scored_chunks(ray, source, column, opts.chunk_rows, done, model,
-                               where.num_workers, len(labels))
-        progress = Progress(source.total, source.unit, opts.progress,
+        scored = scored_chunks(ray, job.source, job.column, opts.chunk_rows, job.done, model,
+                               where.num_workers, len(job.labels))
+        progress = Progress(job.source.total, job.source.unit, opts.progress,
                             enabled=opts.progress is not False)
         try:
-            stats = _write_chunks(source, scored, labels, parts, fmt, column, names, opts, done,
-                                  progress, after_part)
+            stats = _write_chunks(job.source, scored, job.labels, job.parts, job.fmt, job.column,
+                                  job.names, opts, job.done, progress, after_part)
         finally:
             progress.close()
             scored.close()  # stops the Ray pipeline when the job stops early
-    summary = _finish(target, fmt, parts, stats, header, source)
+    summary = _finish(job.target, job.fmt, job.parts, stats, header, job.source)
     summary.seconds, summary.artifact, summary.resumed_parts = (time.monotonic() - started,
-                                                                artifact, done)
+                                                                job.artifact, job.done)
     return summary
 
 
