@@ -111,7 +111,7 @@ def test_kiln_run_framework_keras_end_to_end(small_dataset: tuple[Path, Path], t
                            *keras_overrides(*small_dataset, run, **{"train.epochs": 2})],
                           env=keras_env, capture_output=True, text=True, timeout=900)
     assert done.returncode == 0, done.stderr
-    for stage in ("[1/4] trained", "[2/4] exported and verified", "tf-savedmodel",
+    for stage in ("[1/4] trained", "[2/4] export and verify", "tf-savedmodel",
                   "[3/4] Triton model repository", "serve        kiln serve"):
         assert stage in done.stdout, stage
     bench = subprocess.run([sys.executable, "-m", "kiln", "bench", str(run), "--texts", "10",
