@@ -39,7 +39,9 @@ def test_help_explains_every_config_key(cli_env: dict[str, str]) -> None:
 def test_run_then_eval_on_files(small_dataset: tuple[Path, Path], tmp_path: Path,
                                 cli_env: dict[str, str]) -> None:
     run = tmp_path / "run"
-    done = kiln("run", *tiny_overrides(*small_dataset, run, **{"train.epochs": 2}), env=cli_env)
+    settings = [*tiny_overrides(*small_dataset, run, **{"train.epochs": 2}), "--bench-seconds",
+                "0.3"]
+    done = kiln("run", *settings, env=cli_env)
     assert done.returncode == 0, done.stderr
     assert f"trained: {run / 'model'}" in done.stdout and "accuracy" in done.stdout
     for stage in ("[2/5] export and verify", "[3/5] benchmark", "[4/5] Triton model repository",
@@ -73,13 +75,12 @@ def test_run_then_eval_on_files(small_dataset: tuple[Path, Path], tmp_path: Path
 
     # a second `kiln run` on the finished run redoes nothing and reports it
     before = snapshot(run)
-    again = kiln("run", *tiny_overrides(*small_dataset, run, **{"train.epochs": 2}), env=cli_env)
+    again = kiln("run", *settings, env=cli_env)
     assert again.returncode == 0, again.stderr
     assert "nothing was redone" in again.stdout and "recommended  " in again.stdout
     assert snapshot(run) == before
     # --redo redoes that stage and those after it, nothing before
-    redone = kiln("run", *tiny_overrides(*small_dataset, run, **{"train.epochs": 2}), "--redo",
-                  "triton", env=cli_env)
+    redone = kiln("run", *settings, "--redo", "triton", env=cli_env)
     assert redone.returncode == 0, redone.stderr
     changed = {name for name, state in snapshot(run).items() if before.get(name) != state}
     assert changed and all(name.startswith("triton/") or name in ("report.html", "stages.json")

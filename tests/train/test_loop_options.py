@@ -1,5 +1,6 @@
 """Training options a user can turn on: early stopping, DataLoader workers, bf16 autocast."""
 
+import contextlib
 import json
 import math
 from pathlib import Path
@@ -10,6 +11,7 @@ from safetensors.torch import load_file
 from kiln.config import load_config
 from kiln.errors import ConfigError
 from kiln.train import train
+from kiln.train.precision import auto_cpu_precision
 from tests.conftest import tiny_overrides
 
 
@@ -46,7 +48,9 @@ def test_worker_processes_give_the_same_result(small_dataset: tuple[Path, Path],
 def test_bf16_autocast_trains_on_cpu(small_dataset: tuple[Path, Path], tmp_path: Path) -> None:
     cfg = load_config(overrides=tiny_overrides(*small_dataset, tmp_path, **{
         "train.max_steps": 4, "train.precision": "bf16"}))
-    with pytest.warns(UserWarning, match="bf16 on CPU"):
+    # a warning where bf16 does not pay off on this CPU (where auto would not choose it)
+    slower_here = auto_cpu_precision().name != "bf16"
+    with pytest.warns(UserWarning, match="bf16 on CPU") if slower_here else contextlib.nullcontext():
         result = train(cfg, progress=False)
     assert json.loads((tmp_path / "model" / "kiln.json").read_text())["training"]["precision"] == "bf16"
     assert math.isfinite(result.eval["loss"])

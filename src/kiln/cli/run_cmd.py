@@ -13,11 +13,15 @@ import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from kiln.cli.common import add_config_arguments, config_help, resolve_config
 from kiln.cli.launch import add_launch_arguments, launch_training, wants_launch
 from kiln.config import Config
+from kiln.errors import KilnError
+
+if TYPE_CHECKING:
+    from kiln.bench import BenchSettings
 
 HELP = "the whole path on one config: train, evaluate, export, verify, benchmark, package, report"
 STAGES = ("export", "bench", "triton", "report")
@@ -32,6 +36,9 @@ def add_parser(sub: Any) -> None:
     )
     add_config_arguments(parser)
     parser.add_argument("--no-bench", action="store_true", help="skip the benchmark stage")
+    parser.add_argument("--bench-seconds", type=float, default=2.0, metavar="S",
+                        help="the benchmark's throughput measurement per artifact and scenario, "
+                        "split over its rounds (default 2; less is quicker and noisier)")
     parser.add_argument("--redo", action="append", choices=STAGES, default=[], metavar="STAGE",
                         help=f"redo this stage (and those after it that read it) even if it is up "
                         f"to date; one of {', '.join(STAGES)}; repeatable (--fresh retrains and "
@@ -57,7 +64,9 @@ def run(args: argparse.Namespace) -> int:
 
     cfg = resolve_config(args.settings, args.fresh)
     run_dir = Path(cfg.run_dir)
-    stages = _stages(run_dir, args.no_bench)
+    if not args.bench_seconds > 0:
+        raise KilnError(f"--bench-seconds must be above 0, got {args.bench_seconds}")
+    stages = _stages(run_dir, args.no_bench, args.bench_seconds)
     trained, code = _train_stage(args, cfg, f"[1/{len(stages) + 1}]")
     if code:
         return code
@@ -109,17 +118,19 @@ def _train_stage(args: argparse.Namespace, cfg: Config, number: str) -> tuple[bo
     return True, 0
 
 
-def _stages(run_dir: Path, no_bench: bool) -> list[Stage]:
+def _stages(run_dir: Path, no_bench: bool, bench_seconds: float) -> list[Stage]:
     from kiln.bench import BenchSettings
 
+    bench_settings = BenchSettings(min_seconds=bench_seconds)
     model, export = run_dir / "model" / "kiln.json", run_dir / "export" / "kiln.json"
     bench = run_dir / "bench" / "report.json"
     triton = run_dir / "triton" / run_dir.resolve().name / "kiln.json"
     stages = [Stage("export", "export and verify", [model, run_dir / "config.yaml"],
                     [export, run_dir / "export" / "parity.json"], lambda: _export(run_dir))]
     if not no_bench:
-        stages.append(Stage("bench", "benchmark", [export], [bench], lambda: _bench(run_dir),
-                            settings=dict(BenchSettings().__dict__)))
+        stages.append(Stage("bench", "benchmark", [export], [bench],
+                            lambda: _bench(run_dir, bench_settings),
+                            settings=dict(bench_settings.__dict__)))
     stages += [
         Stage("triton", "Triton model repository", [export, bench], [triton],
               lambda: _triton(run_dir)),
@@ -138,10 +149,10 @@ def _export(run_dir: Path) -> None:
     print(format_parity_table(exported.parity, exported.reference_accuracy))
 
 
-def _bench(run_dir: Path) -> None:
-    from kiln.bench import BenchSettings, bench_run
+def _bench(run_dir: Path, settings: BenchSettings) -> None:
+    from kiln.bench import bench_run
 
-    report = bench_run(run_dir, BenchSettings())
+    report = bench_run(run_dir, settings)
     best = report["recommended"]
     r, q = report["results"][best], report["ratios"][best]
     print(f"benchmark: {run_dir / 'bench' / 'report.md'}")

@@ -187,9 +187,10 @@ class TrainConfig(Section):
     max_grad_norm: float = Field(1.0, ge=0, description="gradient clipping norm (0 = no clipping)")
     precision: Literal["auto", "fp32", "bf16", "fp16"] = Field(
         "auto",
-        description="autocast dtype (keras: mixed_bfloat16 / mixed_float16 policy); auto = fp32 "
-        "on CPU, bf16 on CUDA when supported else fp16. fp16 uses a GradScaler (keras: a "
-        "LossScaleOptimizer) and needs CUDA",
+        description="autocast dtype (keras: mixed_bfloat16 / mixed_float16 policy); auto = bf16 "
+        "on a CPU with bf16 units (AMX/AVX512-BF16) whose bf16 matmul measures >= 1.3x fp32, else "
+        "fp32 (keras: fp32 on CPU); bf16 on CUDA when supported else fp16. fp16 uses a "
+        "GradScaler (keras: a LossScaleOptimizer) and needs CUDA",
     )
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="auto = cuda if available")
     eval_every: int = Field(

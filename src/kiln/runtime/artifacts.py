@@ -16,7 +16,11 @@ from kiln import extras
 
 # /proc/cpuinfo flags of x86 CPUs that compute in bf16 natively (Cooper Lake and later Xeons,
 # AMD Zen 4); elsewhere bf16 is emulated and slower than fp32 (../shared/FINDINGS.md)
-BF16_FLAGS = frozenset({"avx512_bf16", "amx_bf16"})
+# /proc/cpuinfo flags of bf16 matrix instructions, by the names people know them by. x86 lists
+# them on its "flags" line, Arm on its "Features" line.
+X86_BF16_FLAGS = {"amx_bf16": "AMX-BF16", "avx512_bf16": "AVX512-BF16"}
+ARM_BF16_FLAGS = {"bf16": "Arm BF16"}
+BF16_FLAGS = frozenset(X86_BF16_FLAGS)  # what OpenVINO's CPU plugin computes bf16 with
 
 
 @dataclass(frozen=True)
@@ -129,14 +133,22 @@ def not_built_here(framework: str = "torch") -> dict[str, str]:
 
 
 def native_bf16(cpuinfo: str | None = None) -> bool:
-    """Whether the CPU computes in bf16 natively, from the ``flags`` line of ``cpuinfo`` (text in
-    the format of Linux's /proc/cpuinfo; by default this machine's, and False without one)."""
+    """Whether the CPU computes in bf16 natively (AMX-BF16 or AVX512-BF16), from ``cpuinfo`` (text
+    in the format of Linux's /proc/cpuinfo; by default this machine's, and False without one)."""
     text = _proc_cpuinfo() if cpuinfo is None else cpuinfo
-    for line in text.splitlines():
+    return any(unit in X86_BF16_FLAGS.values() for unit in cpu_bf16_units(text))
+
+
+def cpu_bf16_units(cpuinfo: str) -> list[str]:
+    """The bf16 matrix instructions that ``cpuinfo`` (the text of /proc/cpuinfo) lists for the
+    first processor, by name: e.g. ``["AMX-BF16", "AVX512-BF16"]``; empty when there are none."""
+    for line in cpuinfo.splitlines():
         key, _, value = line.partition(":")
-        if key.strip() == "flags":  # every core lists the same flags: the first line will do
-            return not BF16_FLAGS.isdisjoint(value.split())
-    return False
+        known = {"flags": X86_BF16_FLAGS, "Features": ARM_BF16_FLAGS}.get(key.strip())
+        if known is not None:
+            flags = set(value.split())
+            return [name for flag, name in known.items() if flag in flags]
+    return []
 
 
 @functools.cache

@@ -65,7 +65,13 @@ from kiln.train.meters import (
     peak_memory_mb,
 )
 from kiln.train.optim import make_optimizer, make_scheduler, plan_steps
-from kiln.train.precision import autocast_dtype, resolve_device, resolve_precision
+from kiln.train.precision import (
+    Precision,
+    autocast_dtype,
+    resolve_device,
+    resolve_precision,
+    use_fused_adamw,
+)
 from kiln.train.profile import DATA_WAIT, PROFILE_DIR, make_profiler
 from kiln.train.profile import summarize as summarize_profile
 from kiln.train.rng import restore_rng_state, rng_state, seed_everything
@@ -102,7 +108,7 @@ class Run:
     cfg: Config
     d: Dist
     device: torch.device
-    precision: str
+    precision: Precision
     data: PreparedData
     kwargs: dict[str, Any]  # the model's constructor arguments
     model: nn.Module  # the plain module: its state dict is what gets saved
@@ -131,7 +137,7 @@ class Run:
 
     @property
     def amp_dtype(self) -> torch.dtype | None:
-        return autocast_dtype(self.precision)
+        return autocast_dtype(self.precision.name)
 
 
 def _train(
@@ -160,7 +166,6 @@ def _train(
 def _setup(cfg: Config, d: Dist, device: torch.device, fresh: bool) -> Run:
     """Run directory, data, model, optimizer, loaders; restored from the latest checkpoint."""
     run_dir, tc = Path(cfg.run_dir), cfg.train
-    precision = resolve_precision(tc.precision, device)
     if tc.num_threads:
         torch.set_num_threads(tc.num_threads)
     # Rank 0 prepares the run directory, the tokenizer and the built-in data; the other ranks
@@ -181,10 +186,12 @@ def _setup(cfg: Config, d: Dist, device: torch.device, fresh: bool) -> Run:
     checkpoint = load_checkpoint(resume_from, device) if resume_from is not None else None
     if checkpoint is not None:
         model.load_state_dict(checkpoint[0])
+    precision = _resolve_precision(tc, d, device, checkpoint[2] if checkpoint else None)
     if d.rank:
         seed_everything(cfg.seed + 1_000_003 * d.rank)  # different dropout masks on each rank
     net = _wrap(model, cfg, d, device)  # before the optimizer: FSDP replaces the parameters
-    optimizer = make_optimizer(model, tc)
+    optimizer = make_optimizer(model, tc, fused=use_fused_adamw(precision.name, device)
+                               and not (d.enabled and tc.strategy == "fsdp"))
     sampler = EpochBatchSampler(data.train.lengths, tc.batch_size, cfg.seed,
                                 cfg.data.bucket_by_length, d.rank, d.world_size)
     loader = make_loader(data.train, sampler, cfg.data, pad, cfg.seed)
@@ -193,15 +200,28 @@ def _setup(cfg: Config, d: Dist, device: torch.device, fresh: bool) -> Run:
         cfg.data, pad, cfg.seed)
     _, total_steps = plan_steps(len(sampler), tc)
     r = Run(cfg=cfg, d=d, device=device, precision=precision, data=data, kwargs=kwargs,
-            model=model, net=net, flops=flops, peak=peak_flops(device, precision),
+            model=model, net=net, flops=flops, peak=peak_flops(device, precision.name),
             optimizer=optimizer, scheduler=make_scheduler(optimizer, tc, total_steps),
-            scaler=torch.amp.GradScaler(device.type, enabled=precision == "fp16"),
+            scaler=torch.amp.GradScaler(device.type, enabled=precision.name == "fp16"),
             sampler=sampler, loader=loader, eval_loader=eval_loader, total_steps=total_steps,
             global_batch=tc.batch_size * tc.grad_accum_steps * d.world_size,
             resume_from=resume_from)
     if checkpoint is not None:
         _restore(r, checkpoint[1], checkpoint[2])
     return r
+
+
+def _resolve_precision(tc: TrainConfig, d: Dist, device: torch.device,
+                       trainer_state: dict[str, Any] | None) -> Precision:
+    """train.precision for this run: ``auto`` as decided when the run started (on resume), and
+    the same on every rank (each times its own matmuls, and near the threshold they can differ)."""
+    precision = resolve_precision(tc.precision, device,
+                                  started=(trainer_state or {}).get("precision"))
+    votes = int(all_reduce_sum(d, [precision.name == "bf16"], device)[0])
+    if 0 < votes < d.world_size:
+        return Precision("fp32", f"auto: bf16 measured faster on only {votes} of "
+                                 f"{d.world_size} processes")
+    return precision
 
 
 def _wrap(model: nn.Module, cfg: Config, d: Dist, device: torch.device) -> nn.Module:
@@ -228,7 +248,8 @@ def _log_start(r: Run) -> None:
     r.log.message(
         f"kiln: {len(data.train)} train / {len(data.eval)} eval examples, "
         f"{len(data.label_names)} labels, {sum(p.numel() for p in r.model.parameters()):,} "
-        f"parameters, device {r.device.type}, precision {r.precision}, global batch "
+        f"parameters, device {r.device.type}, precision {r.precision.name} "
+        f"({r.precision.reason}), global batch "
         f"{r.global_batch} ({tc.batch_size} per device x {tc.grad_accum_steps} accumulation x "
         f"{d.world_size} processes{', ' + tc.strategy if d.enabled else ''}), "
         f"{r.total_steps} steps" + (f", resumed at step {r.state.step}" if r.resume_from else ""))
@@ -412,7 +433,10 @@ def _log_window(r: Run, window: Window, grad_norm: torch.Tensor) -> None:
 
 def _evaluate(r: Run) -> None:
     """Evaluate; keep the weights when they are the best so far."""
-    result = evaluate(r.model, r.eval_loader, len(r.data.label_names), r.device, r.amp_dtype,
+    # On CPU in fp32 even when the steps run in bf16: the model ships in fp32, so the accuracy that
+    # selects and reports it is the shipped model's (the same `kiln eval` gives).
+    amp = r.amp_dtype if r.device.type == "cuda" else None
+    result = evaluate(r.model, r.eval_loader, len(r.data.label_names), r.device, amp,
                       reduce=lambda t: all_reduce_tensor(r.d, t))
     # every rank sees the same reduced result and takes the same branch
     if record_eval(r.state, result, r.tc, r.log):
@@ -433,7 +457,9 @@ def _checkpoint(r: Run) -> None:
              "sampler": r.sampler.state_dict(), "progress": r.state.state_dict(),
              "rng": rngs[0], "rng_ranks": rngs, "world_size": r.d.world_size,
              "global_batch": r.global_batch,
-             "global_micro_batch": r.tc.batch_size * r.d.world_size},
+             "global_micro_batch": r.tc.batch_size * r.d.world_size,
+             "precision": {"name": r.precision.name, "reason": r.precision.reason,
+                           "device": r.device.type}},
             keep=r.tc.keep_checkpoints,
             extra_files=(r.run_dir / CONFIG_FILE, r.run_dir / TOKENIZER),
         )
@@ -467,8 +493,10 @@ def _write_model(r: Run, last_weights: dict[str, torch.Tensor]) -> Path:
     def write_weights(path: Path, use_best: bool) -> None:
         save_safetensors(load_file(str(best_file)) if use_best else last_weights, path)
 
-    return write_model_dir(r.cfg, r.run_dir, r.state, r.kwargs, r.data.label_names, r.precision,
-                           best_file=best_file, write_weights=write_weights, report=r.log.message)
+    return write_model_dir(r.cfg, r.run_dir, r.state, r.kwargs, r.data.label_names,
+                           r.precision.name, best_file=best_file, write_weights=write_weights,
+                           training={"precision_reason": r.precision.reason},
+                           report=r.log.message)
 
 
 def _adapt_position(
