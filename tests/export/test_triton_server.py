@@ -17,7 +17,6 @@ import importlib.util
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import sysconfig
@@ -33,6 +32,7 @@ from tritonclient.utils import InferenceServerException
 
 from kiln.cli import main
 from kiln.runtime import load_predictor
+from tests.conftest import free_ports
 
 STUB_NUMPY = "KILN_TRITON_STUB_NUMPY"  # a folder holding numpy < 2 for the backend stub
 INSTALL = "pip install --no-deps 'nvidia-pytriton>=0.7,<0.8'"
@@ -91,16 +91,6 @@ def server_environment(dist: Path, python_bin: Path) -> dict[str, str]:
         libs.insert(0, str(sysconfig.get_config_var("LIBDIR")))
     env["LD_LIBRARY_PATH"] = ":".join([*libs, os.environ.get("LD_LIBRARY_PATH", "")]).rstrip(":")
     return env
-
-
-def free_ports(count: int) -> list[int]:
-    sockets = [socket.socket() for _ in range(count)]
-    for s in sockets:
-        s.bind(("127.0.0.1", 0))
-    ports = [int(s.getsockname()[1]) for s in sockets]
-    for s in sockets:
-        s.close()
-    return ports
 
 
 def start_tritonserver(repo: Path, tmp_path: Path) -> tuple[subprocess.Popen[bytes], str, Path]:

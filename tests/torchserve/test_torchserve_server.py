@@ -13,7 +13,6 @@ import os
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -29,6 +28,7 @@ import pytest
 from kiln.cli import main
 from kiln.runtime import load_predictor
 from kiln.torchserve import TorchServeArchive, TorchServeSettings, torchserve_run
+from tests.conftest import free_ports
 
 JAVA_MAJOR = 17
 
@@ -54,16 +54,6 @@ MISSING = missing()
 IN_CI = os.environ.get("CI", "").lower() == "true"
 pytestmark = [pytest.mark.slow,
               pytest.mark.skipif(MISSING is not None and not IN_CI, reason=str(MISSING))]
-
-
-def free_ports(count: int) -> list[int]:
-    sockets = [socket.socket() for _ in range(count)]
-    for s in sockets:
-        s.bind(("127.0.0.1", 0))
-    ports = [int(s.getsockname()[1]) for s in sockets]
-    for s in sockets:
-        s.close()
-    return ports
 
 
 def request(url: str, body: bytes | None = None, content_type: str = "text/plain",

@@ -236,15 +236,23 @@ def _run_chunks(source: InputFile, predictor: Predictor, parts: Path, fmt: str, 
             continue
         keep, texts, errors = _check_texts(source, chunk, column, opts.on_error)
         probs = score_texts(predictor, texts, opts.batch_size)
-        added = _added_columns(predictor.label_names, probs, names)
-        write_part(parts / f"part-{i:06d}.{fmt}", fmt, chunk, keep, added)
-        stat = {"rows": len(keep), "labels": dict(Counter(added[names[0]])), "errors": errors}
-        write_text_atomic(record, json.dumps(stat) + "\n")  # the part is done once this exists
-        stats.append(stat)
+        stats.append(write_scored_part(parts, i, fmt, chunk, keep, errors,
+                                       _added_columns(predictor.label_names, probs, names)))
         progress.update(len(keep), chunk.position)
         if after_part is not None:
             after_part(i)
     return stats, header
+
+
+def write_scored_part(parts: Path, i: int, fmt: str, chunk: Chunk, keep: list[int],
+                      errors: list[dict[str, Any]], added: dict[str, list[Any]]) -> dict[str, Any]:
+    """Write part ``i`` (the kept rows of ``chunk`` with the ``added`` columns), then its record,
+    both atomically: the part is done once its record exists. Returns the record."""
+    write_part(parts / f"part-{i:06d}.{fmt}", fmt, chunk, keep, added)
+    label_column = next(iter(added))
+    stat = {"rows": len(keep), "labels": dict(Counter(added[label_column])), "errors": errors}
+    write_text_atomic(parts / f"part-{i:06d}.json", json.dumps(stat) + "\n")
+    return stat
 
 
 def _header(columns: list[str], names: list[str], column: str, source: InputFile) -> list[str]:

@@ -20,7 +20,6 @@ import json
 import os
 import socket
 import time
-from collections import Counter
 from collections.abc import Callable, Generator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,8 +28,7 @@ from typing import Any
 import numpy as np
 
 from kiln.errors import ConfigError, DataError, KilnError
-from kiln.files import write_text_atomic
-from kiln.predict.formats import InputFile, open_input, read_chunks, write_part
+from kiln.predict.formats import InputFile, open_input, read_chunks
 from kiln.predict.job import (
     PredictOptions,
     PredictSummary,
@@ -40,6 +38,7 @@ from kiln.predict.job import (
     _header,
     open_job,
     score_texts,
+    write_scored_part,
 )
 from kiln.predict.progress import Progress
 from kiln.runtime import Predictor, load_predictor
@@ -276,11 +275,8 @@ def _write_chunks(source: InputFile, scored: Iterator[tuple[int, np.ndarray]], l
         if index != i or len(probs) != len(keep):
             raise RuntimeError(f"Ray returned chunk {index} with {len(probs)} rows where chunk "
                                f"{i} with {len(keep)} rows was due")
-        added = _added_columns(labels, probs, names)
-        write_part(parts / f"part-{i:06d}.{fmt}", fmt, chunk, keep, added)
-        stat = {"rows": len(keep), "labels": dict(Counter(added[names[0]])), "errors": errors}
-        write_text_atomic(record, json.dumps(stat) + "\n")  # the part is done once this exists
-        stats.append(stat)
+        stats.append(write_scored_part(parts, i, fmt, chunk, keep, errors,
+                                       _added_columns(labels, probs, names)))
         progress.update(len(keep), chunk.position)
         if after_part is not None:
             after_part(i)
