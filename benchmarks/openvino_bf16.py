@@ -151,31 +151,9 @@ def build_variants(tmp: Path, threads: int, calibration: list[dict[str, np.ndarr
 def _static(onnx_fp32: Path, tmp: Path, calibration: list[dict[str, np.ndarray]], fmt: str,
             signed: bool) -> Path:
     """Static int8 in another format or activation type than kiln's onnx-int8-static."""
-    import onnx
-    from onnxruntime.quantization import (
-        CalibrationDataReader,
-        CalibrationMethod,
-        QuantFormat,
-        QuantType,
-        quantize_static,
-    )
-
-    class Reader(CalibrationDataReader):
-        def __init__(self) -> None:
-            self.items = iter(calibration)
-
-        def get_next(self) -> dict[str, np.ndarray] | None:
-            return next(self.items, None)
-
     out = tmp / f"model.static-{fmt}-{'s8s8' if signed else 'u8s8'}.onnx"
-    quantize_static(
-        str(onnx_fp32), str(out), Reader(),
-        quant_format=QuantFormat.QDQ if fmt == "qdq" else QuantFormat.QOperator,
-        per_channel=True, activation_type=QuantType.QInt8 if signed else QuantType.QUInt8,
-        weight_type=QuantType.QInt8, calibrate_method=CalibrationMethod.MinMax,
-        op_types_to_quantize=["MatMul", "Gemm"],
-        extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT,
-                       "CalibTensorRangeSymmetric": False, "ActivationSymmetric": signed})
+    quantize_static_int8(onnx_fp32, out, calibration, operator_format=fmt != "qdq",
+                         signed_activations=signed)
     return out
 
 

@@ -91,9 +91,11 @@ def quantize_dynamic_int8(src: Path, dst: Path, per_channel: bool = True,
 
 
 def quantize_static_int8(src: Path, dst: Path, calibration: Iterable[dict[str, np.ndarray]],
-                         fp32_nodes: Sequence[str] = ()) -> None:
+                         fp32_nodes: Sequence[str] = (), *, operator_format: bool = False,
+                         signed_activations: bool = False) -> None:
     """QDQ int8 with activation ranges calibrated (MinMax) on ``calibration`` batches;
-    ``fp32_nodes`` stay unquantised."""
+    ``fp32_nodes`` stay unquantised. kiln's artifact is QDQ with u8 activations; the keywords
+    give ORT's other layouts (QOperator, symmetric s8 activations), which its benchmarks compare."""
     from onnxruntime.quantization import (
         CalibrationDataReader,
         CalibrationMethod,
@@ -111,14 +113,18 @@ def quantize_static_int8(src: Path, dst: Path, calibration: Iterable[dict[str, n
 
     with _quiet():
         quantize_static(
-            str(src), str(dst), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
-            activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+            str(src), str(dst), Reader(),
+            quant_format=QuantFormat.QOperator if operator_format else QuantFormat.QDQ,
+            per_channel=True,
+            activation_type=QuantType.QInt8 if signed_activations else QuantType.QUInt8,
+            weight_type=QuantType.QInt8,
             calibrate_method=CalibrationMethod.MinMax,
             # Only the matrix products: quantising the additive attention mask (-inf / float min)
             # or softmax with MinMax ranges wrecks accuracy (seen: 21 points lost).
             op_types_to_quantize=list(STATIC_OPS), nodes_to_exclude=list(fp32_nodes),
             extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT,
-                           "CalibTensorRangeSymmetric": False},
+                           "CalibTensorRangeSymmetric": False,
+                           "ActivationSymmetric": signed_activations},
             calibration_providers=["CPUExecutionProvider"],
         )
 
