@@ -33,6 +33,7 @@ import socket
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.request
 from collections.abc import Iterator
@@ -54,10 +55,13 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def wait_ready(url: str) -> None:
-    for _ in range(300):
+def wait_ready(url: str, proc: subprocess.Popen[bytes] | None = None,
+               path: str = "/v2/health/ready") -> None:
+    for _ in range(600):
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError(f"the server exited ({proc.returncode}) before it was ready")
         try:
-            with urllib.request.urlopen(f"http://{url}/v2/health/ready", timeout=1):
+            with urllib.request.urlopen(f"http://{url}{path}", timeout=1):
                 return
         except OSError:
             time.sleep(0.2)
@@ -65,12 +69,20 @@ def wait_ready(url: str) -> None:
 
 
 @contextlib.contextmanager
-def server(cmd: list[str], port: int) -> Iterator[str]:
-    """Run ``cmd`` (a server on ``port``) in a session of its own, stopped with all its children."""
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+def server(cmd: list[str], port: int, env: dict[str, str] | None = None,
+           ready_path: str = "/v2/health/ready") -> Iterator[str]:
+    """Run ``cmd`` (a server on ``port``) in a session of its own, stopped with all its children,
+    once GET ``ready_path`` answers 200. If it never does, the end of its output is in the error."""
+    log = tempfile.TemporaryFile()
+    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env,
                             start_new_session=True)
     try:
-        wait_ready(f"127.0.0.1:{port}")
+        try:
+            wait_ready(f"127.0.0.1:{port}", proc, ready_path)
+        except RuntimeError as exc:
+            log.seek(0)
+            tail = log.read().decode(errors="replace")[-3000:]
+            raise RuntimeError(f"{exc}: {' '.join(cmd)}\n{tail}") from None
         yield f"127.0.0.1:{port}"
     finally:
         os.killpg(proc.pid, signal.SIGTERM)
@@ -79,6 +91,7 @@ def server(cmd: list[str], port: int) -> Iterator[str]:
         except subprocess.TimeoutExpired:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
+        log.close()
 
 
 def naive_main(run: Path, port: int, threads: int) -> None:
@@ -108,7 +121,10 @@ def naive_main(run: Path, port: int, threads: int) -> None:
         def log_message(self, *args: object) -> None:
             pass
 
-    ThreadingHTTPServer(("127.0.0.1", port), Handler).serve_forever()
+    class Server(ThreadingHTTPServer):
+        request_queue_size = 1024  # not 5: 32 clients connecting at once would see SYN retries
+
+    Server(("127.0.0.1", port), Handler).serve_forever()
 
 
 def batches_formed(url: str) -> tuple[float, float]:

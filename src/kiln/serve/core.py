@@ -23,7 +23,7 @@ from prometheus_client.metrics_core import Metric
 from prometheus_client.multiprocess import MultiProcessCollector
 
 import kiln
-from kiln.runtime import Predictor, load_predictor, pad_batch, softmax
+from kiln.runtime import Predictor, load_predictor, softmax
 from kiln.runtime.drift import DriftReference, RowBins
 from kiln.serve.batcher import Batcher, QueueFull, TooManyRows, compute_pool
 from kiln.serve.drift import DriftGauges, DriftMonitor, load_reference
@@ -94,7 +94,8 @@ def infer_rows(predictor: Predictor, rows: list[str | list[int]],
     ``drift`` reference each row's drift bins (``Scores.bins``), here where its tokens are.
 
     Runs in the batcher's thread: the batch's texts are tokenised in one call (which releases the
-    GIL), the softmax is paid once per batch, and the results leave as plain lists, so the event
+    GIL), the model runs the rows in groups of similar lengths (`Predictor.logits_by_length`:
+    a batch of mixed lengths is not all padded to its longest), the softmax is paid once per batch, and the results leave as plain lists, so the event
     loop never calls numpy (a numpy call there drops the GIL, and this thread may then hold it
     for a whole switch interval).
     """
@@ -102,9 +103,8 @@ def infer_rows(predictor: Predictor, rows: list[str | list[int]],
     texts = [r for r in rows if isinstance(r, str)]
     encoded = iter(predictor.tokenizer.encode_batch(texts) if texts else [])
     ids = [next(encoded).ids[: predictor.max_length] if isinstance(r, str) else r for r in rows]
-    batch = pad_batch(ids, predictor.pad_id)
     encoded_at = time.perf_counter()
-    logits = predictor.logits(*batch)
+    logits = predictor.logits_by_length(ids)
     ran_at = time.perf_counter()
     probabilities = softmax(logits)
     listed, best = probabilities.tolist(), probabilities.argmax(-1).tolist()

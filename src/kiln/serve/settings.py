@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 
 
@@ -41,3 +42,31 @@ class ServeSettings:
     # Drift monitoring (see serve/drift.py): each worker compares its last this-many rows with the
     # export's reference profile of the evaluation set; 0: off.
     drift_window: int = 1000
+
+
+def available_cores() -> int:
+    """CPUs this process may run on (its affinity, e.g. a container's cpuset)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
+def compute_layout(instances: int | None, threads: int | None, workers: int,
+                   cores: int) -> tuple[int, int, str]:
+    """Model instances per worker and threads per instance, filling ``cores`` where not given,
+    with why. By default one single-threaded instance per core: measured on the reference model
+    (2 cores, ONNX Runtime int8, 32 clients), 2 workers or 2 instances of 1 thread served 280-292
+    texts/s, one instance of 2 threads 127-152 (its threads sleep between runs, and a lone
+    request's parallelism costs more than it saves)."""
+    per_worker = max(1, cores // workers)
+    if instances is None and threads is None:
+        return per_worker, 1, (f"one single-threaded instance per core: {cores} cores, "
+                               f"{workers} worker{'s' if workers > 1 else ''}")
+    if instances is None:
+        assert threads is not None
+        return max(1, per_worker // threads), threads, f"--threads {threads} on {cores} cores"
+    if threads is None:
+        return instances, max(1, per_worker // instances), (
+            f"--instances {instances} on {cores} cores")
+    return instances, threads, "as asked"
