@@ -38,10 +38,11 @@ def list_artifacts(folder: Path, manifest: dict[str, Any]) -> list[str]:
 
 def load_predictor(
     path: str | os.PathLike[str], artifact: str | None = None, *, threads: int | None = None,
-    allow_failed: bool = False, spin_wait: bool = True,
+    allow_failed: bool = False, spin_wait: bool = True, concurrency: int = 1,
 ) -> Predictor:
     """A Predictor over ``artifact``; by default the one `kiln bench` measured fastest, else the
-    export's recommended one, else the trained model (torch-fp32 or keras-fp32).
+    export's recommended one, else the trained model (torch-fp32 or keras-fp32). ``concurrency``:
+    how many threads will run it at once (each with ``threads`` threads).
 
     Raises:
         RunDirError: unknown artifact, a file that fails its checksum, or an artifact that failed
@@ -53,7 +54,7 @@ def load_predictor(
     verify_files(folder, manifest)
     name = artifact or default_artifact(folder, manifest)
     backend = make_backend(folder, manifest, name, threads=threads, allow_failed=allow_failed,
-                           spin_wait=spin_wait)
+                           spin_wait=spin_wait, concurrency=concurrency)
     kwargs = manifest["model"]["kwargs"]
     return Predictor(backend=backend, tokenizer=tokenizer, label_names=list(manifest["labels"]),
                      max_length=int(manifest["max_length"]), pad_id=int(kwargs.get("pad_id", 0)),
@@ -129,7 +130,8 @@ def _bench_report(folder: Path) -> dict[str, Any] | None:
 
 
 def make_backend(folder: Path, manifest: dict[str, Any], name: str, *, threads: int | None = None,
-                 allow_failed: bool = False, spin_wait: bool = True) -> Backend:
+                 allow_failed: bool = False, spin_wait: bool = True,
+                 concurrency: int = 1) -> Backend:
     """The backend that runs artifact ``name`` of ``folder``.
 
     Raises:
@@ -158,13 +160,14 @@ def make_backend(folder: Path, manifest: dict[str, Any], name: str, *, threads: 
 
         return KerasBackend.from_file(folder / manifest["weights"], threads=threads)
     return open_file(backend, folder / entry["file"], threads=threads, spin_wait=spin_wait,
-                     max_length=int(manifest["max_length"]))
+                     max_length=int(manifest["max_length"]), concurrency=concurrency)
 
 
 def open_file(backend: str, path: Path, *, threads: int | None = None, spin_wait: bool = True,
-              max_length: int | None = None) -> Backend:
+              max_length: int | None = None, concurrency: int = 1) -> Backend:
     """The backend that runs artifact file (or folder) ``path`` on runtime ``backend``
-    (``max_length``: the model's, for backends that pad inputs to a few shapes).
+    (``max_length``: the model's, for backends that pad inputs to a few shapes; ``concurrency``:
+    threads that will run it at once, for backends that must be told).
 
     Raises:
         RunDirError: kiln has no such runtime.
@@ -172,7 +175,7 @@ def open_file(backend: str, path: Path, *, threads: int | None = None, spin_wait
     if backend == "onnxruntime":
         return OrtBackend(path, threads=threads, spin_wait=spin_wait)
     if backend == "openvino":
-        return OpenVinoBackend(path, threads=threads, max_length=max_length)
+        return OpenVinoBackend(path, threads=threads, max_length=max_length, streams=concurrency)
     if backend == "tensorrt":
         return TensorRtBackend(path)
     if backend == "tensorflow":

@@ -246,7 +246,7 @@ class InferenceCore:
             loop = asyncio.get_running_loop()
             predictor = await loop.run_in_executor(pool, functools.partial(
                 load_predictor, folder, settings.artifact, threads=settings.threads,
-                spin_wait=settings.spin_wait))
+                spin_wait=settings.spin_wait, concurrency=settings.instances))
             await loop.run_in_executor(pool, predictor.predict,
                                        ["warm up"] * min(4, settings.max_batch_size))
         series = model_metrics(self.metrics, name)

@@ -1,4 +1,5 @@
-"""Mixed-length batches run as groups of similar lengths: fewer padding tokens, the same logits."""
+"""How kiln runs a batch: mixed lengths as groups of similar lengths (fewer padding tokens, the
+same logits), and backends that several threads run at once."""
 
 from __future__ import annotations
 
@@ -78,3 +79,14 @@ def test_the_openvino_backend_runs_several_threads_at_once(exported_run: Path) -
     for worker in range(4):
         for want, have in zip(expected, got[worker]):
             np.testing.assert_allclose(have, want, atol=1e-5)
+
+
+def test_openvino_gets_a_stream_per_concurrent_caller_and_no_pinned_cores(
+        exported_run: Path) -> None:
+    pytest.importorskip("openvino")
+    compiled = load_predictor(exported_run, "openvino-fp32", threads=1,
+                              concurrency=2).backend.compiled  # type: ignore[attr-defined]
+    assert compiled.get_property("NUM_STREAMS") == 2  # one stream runs one inference at a time
+    assert compiled.get_property("INFERENCE_NUM_THREADS") == 2
+    # pinned, two processes' threads would start from the same core
+    assert compiled.get_property("ENABLE_CPU_PINNING") is False
