@@ -20,6 +20,7 @@ from tests.keras.conftest import NEEDS_KERAS, keras_overrides
 pytest.importorskip("tensorflow", reason=NEEDS_KERAS)
 pytestmark = pytest.mark.keras
 
+from kiln.keras.devices import POLICIES, auto_cpu_precision  # noqa: E402
 from kiln.models.keras_model import load_keras_model  # noqa: E402
 
 RESUME_SETTINGS = {"train.epochs": 2, "train.checkpoint_every": 4, "train.eval_every": 6,
@@ -123,12 +124,32 @@ def test_precision_maps_to_the_mixed_precision_policy(small_dataset: tuple[Path,
         done = train(load_config(overrides=keras_overrides(
             *small_dataset, tmp_path / "bf16", **{"train.precision": "bf16",
                                                   "train.max_steps": 4})), progress=False)
-    assert any("bf16 on CPU: usually slower" in str(w.message) for w in caught)
+    # warned unless this CPU's bf16 measured fast enough for auto to choose it
+    warned = any("bf16 on CPU: usually slower" in str(w.message) for w in caught)
+    assert warned == (auto_cpu_precision().name != "bf16")
     manifest = json.loads((done.model_dir / "kiln.json").read_text())
     assert manifest["training"]["keras_policy"] == "mixed_bfloat16"
+    assert manifest["training"]["precision_reason"] == "train.precision=bf16"
     assert np.isfinite(done.eval["loss"])
     # the saved model is float32 whatever policy trained it
     assert load_keras_model(done.model_dir / "model.keras").dtype_policy.name == "float32"
+
+
+def test_auto_precision_on_cpu_follows_the_measured_bf16_speed_and_says_why(
+        small_dataset: tuple[Path, Path], tmp_path: Path,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    chosen = auto_cpu_precision()  # this CPU's flags and TensorFlow's measured bf16 matmul
+    assert chosen.reason.startswith("auto: this CPU has ")  # flags, or none
+    if "but its bf16 matmul" in chosen.reason or "no bf16" in chosen.reason:
+        assert chosen.name == "fp32"
+    done = train(load_config(overrides=keras_overrides(
+        *small_dataset, tmp_path / "auto", **{"train.max_steps": 2})), progress=False)
+    manifest = json.loads((done.model_dir / "kiln.json").read_text())
+    assert manifest["training"]["precision_reason"] == chosen.reason
+    assert manifest["training"]["keras_policy"] == POLICIES[chosen.name]
+    assert manifest["training"]["precision"] == chosen.name
+    printed = "".join(capsys.readouterr())
+    assert f"precision {chosen.name} ({POLICIES[chosen.name]}; {chosen.reason})" in printed
 
 
 MIRRORED = """

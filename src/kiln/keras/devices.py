@@ -1,20 +1,28 @@
 """Device, mixed-precision policy, threads and tf.distribute strategy, resolved once from config.
 
-The same choices as the torch path (``kiln.train.precision``): ``auto`` precision is float32 on a
-CPU (measured 2-3.5x slower with a mixed policy on CPUs without bf16 units), mixed_bfloat16 on
-GPUs that have bf16 (compute capability 8.0+), else mixed_float16, whose loss scaling Keras adds by
-itself (a LossScaleOptimizer).
+The same choices as the torch path (``kiln.train.precision``): ``auto`` precision on a CPU is
+mixed_bfloat16 only where the CPU has bf16 matrix instructions and TensorFlow's own bf16 matrix
+multiply measures at least ``BF16_MIN_SPEEDUP`` times fp32 here (a mixed policy measured 2-3.5x
+slower on CPUs without bf16 units), else float32; on GPUs mixed_bfloat16 where they have bf16
+(compute capability 8.0+), else mixed_float16, whose loss scaling Keras adds by itself (a
+LossScaleOptimizer).
 """
 
 from __future__ import annotations
 
+import functools
+import math
+import time
 import warnings
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from kiln.config import Config
 from kiln.errors import ConfigError
 from kiln.extras import import_keras
+from kiln.run.precision import Precision, choose_cpu_precision
+from kiln.runtime.artifacts import cpu_bf16_units
 
 tf, keras = import_keras()
 
@@ -28,6 +36,7 @@ class KerasSetup:
     strategy: Any  # tf.distribute.Strategy
     strategy_name: str
     precision: str  # kiln's name: fp32, bf16, fp16
+    precision_reason: str  # why (for auto, it starts with "auto: ")
     policy: str  # the Keras dtype policy
     device: str  # cpu or gpu
     replicas: int
@@ -48,8 +57,9 @@ def resolve_setup(cfg: Config) -> KerasSetup:
         _set_threads(tc.num_threads)
     precision = _resolve_precision(tc.precision, device)
     strategy, name = _make_strategy(cfg.keras.strategy, device)
-    return KerasSetup(strategy=strategy, strategy_name=name, precision=precision,
-                      policy=POLICIES[precision], device=device,
+    return KerasSetup(strategy=strategy, strategy_name=name, precision=precision.name,
+                      precision_reason=precision.reason, policy=POLICIES[precision.name],
+                      device=device,
                       replicas=int(strategy.num_replicas_in_sync), is_chief=_is_chief(strategy),
                       task=_task_name(strategy))
 
@@ -79,18 +89,56 @@ def _set_threads(threads: int) -> None:
                           "process with another thread count; set it in a new process") from None
 
 
-def _resolve_precision(precision: str, device: str) -> str:
+def _resolve_precision(precision: str, device: str) -> Precision:
     if precision == "auto":
         if device != "gpu":
-            return "fp32"
-        return "bf16" if _gpus_have_bf16() else "fp16"
+            return auto_cpu_precision()
+        if _gpus_have_bf16():
+            return Precision("bf16", "auto: this GPU supports bf16")
+        return Precision("fp16", "auto: this GPU has no bf16, mixed_float16 with loss scaling")
     if precision == "fp16" and device != "gpu":
         raise ConfigError("train.precision=fp16 needs a GPU (mixed_float16 with loss scaling); "
                           "use fp32 or bf16 on CPU")
     if precision == "bf16" and device == "cpu":
-        warnings.warn("train.precision=bf16 on CPU: usually slower than fp32 unless the CPU has "
-                      "bf16 units (AMX/AVX512-BF16)", stacklevel=3)
-    return precision
+        auto = auto_cpu_precision()
+        if auto.name != "bf16":  # what auto found, minus its "auto: " prefix
+            warnings.warn("train.precision=bf16 on CPU: usually slower than fp32 unless the CPU "
+                          f"has bf16 units (AMX/AVX512-BF16); here {auto.reason[6:]}",
+                          stacklevel=3)
+    return Precision(precision, f"train.precision={precision}")
+
+
+@functools.cache
+def auto_cpu_precision() -> Precision:
+    """What ``auto`` chooses on this CPU for a Keras run (decided once per process)."""
+    try:
+        cpuinfo = Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="replace")
+    except OSError:  # not Linux: no flags to read, so no bf16 without a measurement's reason
+        cpuinfo = ""
+    return choose_cpu_precision(cpu_bf16_units(cpuinfo), measure_bf16_matmul_speedup,
+                                how="in TensorFlow (CPU time)")
+
+
+def measure_bf16_matmul_speedup(n: int = 512, seconds: float = 0.3) -> float:
+    """How many times faster TensorFlow multiplies two n x n bf16 matrices than fp32 ones on this
+    CPU (the oneDNN kernels a mixed_bfloat16 policy runs): the best of each, alternating call by
+    call for ``seconds`` of this process's CPU time. TensorFlow runs the multiply on its own
+    threads, so process CPU time, not wall time: what other processes take does not count."""
+    with tf.device("/CPU:0"):
+        a = tf.random.stateless_normal((n, n), seed=(0, 0))
+        b = tf.random.stateless_normal((n, n), seed=(0, 1))
+        pairs = [(a, b), (tf.cast(a, tf.bfloat16), tf.cast(b, tf.bfloat16))]
+        best = [math.inf, math.inf]
+        for x, y in pairs:
+            tf.linalg.matmul(x, y).numpy()  # warm-up: kernel selection
+        cpu_deadline = time.process_time() + seconds
+        wall_deadline = time.perf_counter() + 20 * seconds  # on a machine starved of CPU
+        while time.process_time() < cpu_deadline and time.perf_counter() < wall_deadline:
+            for i, (x, y) in enumerate(pairs):
+                start = time.process_time()
+                tf.linalg.matmul(x, y).numpy()
+                best[i] = min(best[i], time.process_time() - start)
+    return best[0] / max(best[1], 1e-9)
 
 
 def _gpus_have_bf16() -> bool:

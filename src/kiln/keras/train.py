@@ -185,7 +185,7 @@ def _log_start(r: KerasRun) -> None:
         f"kiln (keras {keras.__version__}, tensorflow {tf.__version__}): {len(data.train)} train / "
         f"{len(data.eval)} eval examples, {len(data.label_names)} labels, "
         f"{r.model.count_params():,} parameters, device {s.device}, precision {s.precision} "
-        f"({s.policy}), strategy {s.strategy_name} ({s.replicas} replicas), global batch "
+        f"({s.policy}; {s.precision_reason}), strategy {s.strategy_name} ({s.replicas} replicas), global batch "
         f"{r.stream.batch_size * r.cfg.train.grad_accum_steps}, {r.total_steps} steps"
         + (f", resumed at step {r.state.step}" if r.resume_from else ""))
 
@@ -350,5 +350,6 @@ def _write_model(r: KerasRun) -> Path:
     return write_model_dir(r.cfg, r.run_dir, r.state, r.kwargs, r.data.label_names, s.precision,
                            best_file=best_file, write_weights=write_weights,
                            weights_file=MODEL_FILE, framework="keras",
-                           training={"keras_policy": s.policy, "strategy": s.strategy_name},
+                           training={"keras_policy": s.policy, "strategy": s.strategy_name,
+                                     "precision_reason": s.precision_reason},
                            versions=keras_versions(), report=r.log.message)

@@ -15,28 +15,18 @@ import functools
 import math
 import time
 import warnings
-from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from kiln.errors import ConfigError
+from kiln.run.precision import BF16_MIN_SPEEDUP, Precision, choose_cpu_precision
 from kiln.runtime.artifacts import cpu_bf16_units
 
-# A bf16 step also casts weights, keeps fp32 master weights and optimizer state, and runs dropout,
-# layer norm and softmax no faster than fp32: the matmul speed-up must be well above 1 to show.
-BF16_MIN_SPEEDUP = 1.3
-
-
-@dataclass(frozen=True)
-class Precision:
-    """A resolved ``train.precision``: ``name`` is fp32, bf16 or fp16; ``reason`` says why (for
-    ``auto``, it starts with "auto: ")."""
-
-    name: str
-    reason: str
+__all__ = ["BF16_MIN_SPEEDUP", "Precision", "auto_cpu_precision", "autocast_dtype",
+           "choose_cpu_precision", "measure_bf16_matmul_speedup", "native_bf16_units",
+           "resolve_device", "resolve_precision", "use_fused_adamw"]
 
 
 def resolve_device(name: str) -> torch.device:
@@ -89,20 +79,6 @@ def resolve_precision(precision: str, device: torch.device,
 def auto_cpu_precision() -> Precision:
     """What ``auto`` chooses on this CPU (decided once per process)."""
     return choose_cpu_precision(native_bf16_units(), measure_bf16_matmul_speedup)
-
-
-def choose_cpu_precision(units: list[str], measure_speedup: Callable[[], float]) -> Precision:
-    """bf16 when the CPU has bf16 ``units`` and ``measure_speedup()`` (bf16 matmul speed over
-    fp32; only called when there are units) reaches ``BF16_MIN_SPEEDUP``; else fp32."""
-    if not units:
-        return Precision("fp32", "auto: this CPU has no bf16 matrix instructions "
-                                 "(AMX-BF16, AVX512-BF16 or Arm BF16)")
-    speedup = measure_speedup()
-    measured = f"its bf16 matmul measured {speedup:.2f}x fp32 on one core"
-    if speedup >= BF16_MIN_SPEEDUP:
-        return Precision("bf16", f"auto: this CPU has {' and '.join(units)} and {measured}")
-    return Precision("fp32", f"auto: this CPU has {' and '.join(units)} but {measured}, "
-                             f"below the {BF16_MIN_SPEEDUP}x bf16 needs to train faster")
 
 
 def native_bf16_units(cpuinfo: Path = Path("/proc/cpuinfo")) -> list[str]:
