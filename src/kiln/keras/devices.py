@@ -55,8 +55,10 @@ def resolve_setup(cfg: Config) -> KerasSetup:
     device = _resolve_device(tc.device)
     if tc.num_threads:
         _set_threads(tc.num_threads)
-    precision = _resolve_precision(tc.precision, device)
+    # the strategy first: a multi-worker one must configure TensorFlow before any op runs, and
+    # resolving ``auto`` precision runs matrix multiplies
     strategy, name = _make_strategy(cfg.keras.strategy, device)
+    precision = _resolve_precision(tc.precision, device)
     return KerasSetup(strategy=strategy, strategy_name=name, precision=precision.name,
                       precision_reason=precision.reason, policy=POLICIES[precision.name],
                       device=device,
