@@ -13,7 +13,6 @@ from __future__ import annotations
 import functools
 import math
 import time
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -21,7 +20,7 @@ from typing import Any
 from kiln.config import Config
 from kiln.errors import ConfigError
 from kiln.extras import import_keras
-from kiln.run.precision import Precision, choose_cpu_precision
+from kiln.run.precision import Precision, asked_precision, choose_cpu_precision
 from kiln.runtime.artifacts import cpu_bf16_units
 
 tf, keras = import_keras()
@@ -98,16 +97,9 @@ def _resolve_precision(precision: str, device: str) -> Precision:
         if _gpus_have_bf16():
             return Precision("bf16", "auto: this GPU supports bf16")
         return Precision("fp16", "auto: this GPU has no bf16, mixed_float16 with loss scaling")
-    if precision == "fp16" and device != "gpu":
-        raise ConfigError("train.precision=fp16 needs a GPU (mixed_float16 with loss scaling); "
-                          "use fp32 or bf16 on CPU")
-    if precision == "bf16" and device == "cpu":
-        auto = auto_cpu_precision()
-        if auto.name != "bf16":  # what auto found, minus its "auto: " prefix
-            warnings.warn("train.precision=bf16 on CPU: usually slower than fp32 unless the CPU "
-                          f"has bf16 units (AMX/AVX512-BF16); here {auto.reason[6:]}",
-                          stacklevel=3)
-    return Precision(precision, f"train.precision={precision}")
+    return asked_precision(precision, fp16_here=device == "gpu",
+                           fp16_needs="a GPU (mixed_float16 with loss scaling)",
+                           on_cpu=device == "cpu", auto_cpu=auto_cpu_precision, stacklevel=3)
 
 
 @functools.cache

@@ -5,8 +5,11 @@ runs at least ``BF16_MIN_SPEEDUP`` times as fast as fp32 (see kiln.train.precisi
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
+
+from kiln.errors import ConfigError
 
 # A bf16 step also casts weights, keeps fp32 master weights and optimizer state, and runs dropout,
 # layer norm and softmax no faster than fp32: the matmul speed-up must be well above 1 to show.
@@ -36,3 +39,23 @@ def choose_cpu_precision(units: list[str], measure_speedup: Callable[[], float],
         return Precision("bf16", f"auto: this CPU has {' and '.join(units)} and {measured}")
     return Precision("fp32", f"auto: this CPU has {' and '.join(units)} but {measured}, "
                              f"below the {BF16_MIN_SPEEDUP}x bf16 needs to train faster")
+
+
+def asked_precision(precision: str, *, fp16_here: bool, fp16_needs: str, on_cpu: bool,
+                    auto_cpu: Callable[[], Precision], stacklevel: int = 2) -> Precision:
+    """A precision asked for by name (not ``auto``): fp16 refused where it cannot run
+    (``fp16_needs`` says what it needs), bf16 on a CPU warned about where ``auto_cpu()`` would not
+    choose it (``stacklevel`` counts from the caller, as if it warned).
+
+    Raises:
+        ConfigError: fp16 where ``fp16_here`` is false.
+    """
+    if precision == "fp16" and not fp16_here:
+        raise ConfigError(f"train.precision=fp16 needs {fp16_needs}; use fp32 or bf16 on CPU")
+    if precision == "bf16" and on_cpu:
+        auto = auto_cpu()
+        if auto.name != "bf16":  # what auto found, minus its "auto: " prefix
+            warnings.warn("train.precision=bf16 on CPU: usually slower than fp32 unless the CPU "
+                          f"has bf16 units (AMX/AVX512-BF16); here {auto.reason[6:]}",
+                          stacklevel=stacklevel + 1)
+    return Precision(precision, f"train.precision={precision}")

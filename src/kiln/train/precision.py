@@ -14,14 +14,18 @@ from __future__ import annotations
 import functools
 import math
 import time
-import warnings
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from kiln.errors import ConfigError
-from kiln.run.precision import BF16_MIN_SPEEDUP, Precision, choose_cpu_precision
+from kiln.run.precision import (
+    BF16_MIN_SPEEDUP,
+    Precision,
+    asked_precision,
+    choose_cpu_precision,
+)
 from kiln.runtime.artifacts import cpu_bf16_units
 
 __all__ = ["BF16_MIN_SPEEDUP", "Precision", "auto_cpu_precision", "autocast_dtype",
@@ -63,16 +67,9 @@ def resolve_precision(precision: str, device: torch.device,
                 return Precision("bf16", "auto: this GPU supports bf16")
             return Precision("fp16", "auto: this GPU has no bf16, fp16 with a GradScaler")
         return auto_cpu_precision()
-    if precision == "fp16" and device.type != "cuda":
-        raise ConfigError("train.precision=fp16 needs CUDA (it uses a GradScaler); "
-                          "use fp32 or bf16 on CPU")
-    if precision == "bf16" and device.type == "cpu":
-        auto = auto_cpu_precision()
-        if auto.name != "bf16":  # what auto found, minus its "auto: " prefix
-            warnings.warn("train.precision=bf16 on CPU: usually slower than fp32 unless the CPU "
-                          f"has bf16 units (AMX/AVX512-BF16); here {auto.reason[6:]}",
-                          stacklevel=2)
-    return Precision(precision, f"train.precision={precision}")
+    return asked_precision(precision, fp16_here=device.type == "cuda",
+                           fp16_needs="CUDA (it uses a GradScaler)",
+                           on_cpu=device.type == "cpu", auto_cpu=auto_cpu_precision)
 
 
 @functools.cache
