@@ -37,7 +37,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import importlib.util
-import json
 import os
 import statistics
 import sys
@@ -49,7 +48,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from serve_vs_naive import free_port, naive_main, server
+from serve_vs_naive import best_artifact, free_port, naive_main, server
 
 from kiln.bench.load import LoadSettings, format_load_report, run_load
 from kiln.config import load_config
@@ -58,19 +57,6 @@ from kiln.runtime import load_predictor
 
 SERVERS = ("naive", "LitServe", "Triton", "kiln")
 STUB_NUMPY = Path(sys.prefix) / "triton-stub-numpy"  # numpy < 2, as the README installs it
-
-
-def fastest_artifact(run: Path) -> str:
-    """The verified artifact kiln bench measured fastest at batch 32 on real texts, else the
-    recommendation (or, unbenchmarked, export's preferred one)."""
-    report = run / "bench" / "report.json"
-    if report.exists():
-        bench = json.loads(report.read_text())
-        if bench.get("highest_throughput"):
-            return str(bench["highest_throughput"])
-        return str(bench["recommended"])
-    export = json.loads((run / "export" / "kiln.json").read_text())["export"]
-    return str(export.get("preferred") or export["recommended"])
 
 
 def litserve_main(run: Path, artifact: str, port: int, threads: int, batch: int,
@@ -244,7 +230,7 @@ def main() -> None:
     parser.add_argument("--port", type=int, help=argparse.SUPPRESS)  # a peer server's own run
     parser.add_argument("--as", dest="peer", choices=SERVERS[:3], help=argparse.SUPPRESS)
     args = parser.parse_args()
-    artifact = args.artifact or fastest_artifact(args.run)
+    artifact = args.artifact or best_artifact(args.run)
     if args.peer:
         threads = max(1, args.threads // args.workers)
         if args.peer == "naive":

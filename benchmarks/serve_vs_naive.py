@@ -151,11 +151,14 @@ def in_process_rate(run: Path, artifact: str, texts: list[str], batch: int, thre
 
 
 def best_artifact(run: Path) -> str:
+    """The verified artifact kiln bench measured fastest at batch 32 on real texts, else its
+    recommendation; unbenchmarked, export's preferred one (``recommended`` in older runs)."""
     report = run / "bench" / "report.json"
     if not report.exists():
-        return str(json.loads((run / "export" / "kiln.json").read_text())["export"]["recommended"])
+        export = json.loads((run / "export" / "kiln.json").read_text())["export"]
+        return str(export.get("preferred") or export["recommended"])
     bench = json.loads(report.read_text())
-    return str(bench.get("highest_throughput", bench["recommended"]))
+    return str(bench.get("highest_throughput") or bench["recommended"])
 
 
 def median_report(reports: list[dict[str, Any]]) -> dict[str, float]:

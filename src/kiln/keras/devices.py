@@ -11,16 +11,19 @@ LossScaleOptimizer).
 from __future__ import annotations
 
 import functools
-import math
 import time
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from kiln.config import Config
 from kiln.errors import ConfigError
 from kiln.extras import import_keras
-from kiln.run.precision import Precision, asked_precision, choose_cpu_precision
+from kiln.run.precision import (
+    Precision,
+    asked_precision,
+    best_time_ratio,
+    choose_cpu_precision,
+)
 from kiln.runtime.artifacts import cpu_bf16_units
 
 tf, keras = import_keras()
@@ -105,34 +108,21 @@ def _resolve_precision(precision: str, device: str) -> Precision:
 @functools.cache
 def auto_cpu_precision() -> Precision:
     """What ``auto`` chooses on this CPU for a Keras run (decided once per process)."""
-    try:
-        cpuinfo = Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="replace")
-    except OSError:  # not Linux: no flags to read, so no bf16 without a measurement's reason
-        cpuinfo = ""
-    return choose_cpu_precision(cpu_bf16_units(cpuinfo), measure_bf16_matmul_speedup,
+    return choose_cpu_precision(cpu_bf16_units(), measure_bf16_matmul_speedup,
                                 how="in TensorFlow (CPU time)")
 
 
 def measure_bf16_matmul_speedup(n: int = 512, seconds: float = 0.3) -> float:
     """How many times faster TensorFlow multiplies two n x n bf16 matrices than fp32 ones on this
-    CPU (the oneDNN kernels a mixed_bfloat16 policy runs): the best of each, alternating call by
-    call for ``seconds`` of this process's CPU time. TensorFlow runs the multiply on its own
-    threads, so process CPU time, not wall time: what other processes take does not count."""
+    CPU (the oneDNN kernels a mixed_bfloat16 policy runs), timed in this process's CPU time:
+    TensorFlow multiplies on its own threads, and what other processes take does not count."""
     with tf.device("/CPU:0"):
         a = tf.random.stateless_normal((n, n), seed=(0, 0))
         b = tf.random.stateless_normal((n, n), seed=(0, 1))
-        pairs = [(a, b), (tf.cast(a, tf.bfloat16), tf.cast(b, tf.bfloat16))]
-        best = [math.inf, math.inf]
-        for x, y in pairs:
-            tf.linalg.matmul(x, y).numpy()  # warm-up: kernel selection
-        cpu_deadline = time.process_time() + seconds
-        wall_deadline = time.perf_counter() + 20 * seconds  # on a machine starved of CPU
-        while time.process_time() < cpu_deadline and time.perf_counter() < wall_deadline:
-            for i, (x, y) in enumerate(pairs):
-                start = time.process_time()
-                tf.linalg.matmul(x, y).numpy()
-                best[i] = min(best[i], time.process_time() - start)
-    return best[0] / max(best[1], 1e-9)
+        a16, b16 = tf.cast(a, tf.bfloat16), tf.cast(b, tf.bfloat16)
+        return best_time_ratio(lambda: tf.linalg.matmul(a, b).numpy(),
+                               lambda: tf.linalg.matmul(a16, b16).numpy(),
+                               time.process_time, seconds)
 
 
 def _gpus_have_bf16() -> bool:

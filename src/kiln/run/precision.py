@@ -5,6 +5,8 @@ runs at least ``BF16_MIN_SPEEDUP`` times as fast as fp32 (see kiln.train.precisi
 
 from __future__ import annotations
 
+import math
+import time
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -59,3 +61,23 @@ def asked_precision(precision: str, *, fp16_here: bool, fp16_needs: str, on_cpu:
                           f"has bf16 units (AMX/AVX512-BF16); here {auto.reason[6:]}",
                           stacklevel=stacklevel + 1)
     return Precision(precision, f"train.precision={precision}")
+
+
+def best_time_ratio(baseline: Callable[[], object], candidate: Callable[[], object],
+                    clock: Callable[[], float], seconds: float) -> float:
+    """How many times faster ``candidate()`` runs than ``baseline()``: the best time of each on
+    ``clock`` (a CPU-time clock, so other processes' load does not count), the two alternating
+    call by call for ``seconds`` of that clock, after one warm-up call each. Gives up after 20x
+    ``seconds`` of wall time on a machine starved of CPU."""
+    calls = (baseline, candidate)
+    for call in calls:
+        call()  # kernel selection
+    best = [math.inf, math.inf]
+    cpu_deadline = clock() + seconds
+    wall_deadline = time.perf_counter() + 20 * seconds
+    while clock() < cpu_deadline and time.perf_counter() < wall_deadline:
+        for i, call in enumerate(calls):
+            start = clock()
+            call()
+            best[i] = min(best[i], clock() - start)
+    return best[0] / max(best[1], 1e-9)

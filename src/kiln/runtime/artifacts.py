@@ -139,10 +139,11 @@ def native_bf16(cpuinfo: str | None = None) -> bool:
     return any(unit in X86_BF16_FLAGS.values() for unit in cpu_bf16_units(text))
 
 
-def cpu_bf16_units(cpuinfo: str) -> list[str]:
-    """The bf16 matrix instructions that ``cpuinfo`` (the text of /proc/cpuinfo) lists for the
-    first processor, by name: e.g. ``["AMX-BF16", "AVX512-BF16"]``; empty when there are none."""
-    for line in cpuinfo.splitlines():
+def cpu_bf16_units(cpuinfo: str | None = None) -> list[str]:
+    """The bf16 matrix instructions that ``cpuinfo`` (the text of /proc/cpuinfo; by default this
+    machine's, empty without one) lists for the first processor, by name: e.g.
+    ``["AMX-BF16", "AVX512-BF16"]``; empty when there are none."""
+    for line in (_proc_cpuinfo() if cpuinfo is None else cpuinfo).splitlines():
         key, _, value = line.partition(":")
         known = {"flags": X86_BF16_FLAGS, "Features": ARM_BF16_FLAGS}.get(key.strip())
         if known is not None:

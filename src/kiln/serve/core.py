@@ -95,7 +95,8 @@ def infer_rows(predictor: Predictor, rows: list[str | list[int]],
 
     Runs in the batcher's thread: the batch's texts are tokenised in one call (which releases the
     GIL), the model runs the rows in groups of similar lengths (`Predictor.logits_by_length`:
-    a batch of mixed lengths is not all padded to its longest), the softmax is paid once per batch, and the results leave as plain lists, so the event
+    a batch of mixed lengths is not all padded to its longest), the softmax is paid once per
+    batch, and the results leave as plain lists, so the event
     loop never calls numpy (a numpy call there drops the GIL, and this thread may then hold it
     for a whole switch interval).
     """

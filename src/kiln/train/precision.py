@@ -12,7 +12,6 @@ only on CPUs with the flags.
 from __future__ import annotations
 
 import functools
-import math
 import time
 from pathlib import Path
 from typing import Any
@@ -24,6 +23,7 @@ from kiln.run.precision import (
     BF16_MIN_SPEEDUP,
     Precision,
     asked_precision,
+    best_time_ratio,
     choose_cpu_precision,
 )
 from kiln.runtime.artifacts import cpu_bf16_units
@@ -103,23 +103,14 @@ def measure_bf16_matmul_speedup(n: int = 512, seconds: float = 0.2) -> float:
     """
     g = torch.Generator().manual_seed(0)  # leave the global RNG (dropout, data order) alone
     a, b = torch.randn(n, n, generator=g), torch.randn(n, n, generator=g)
-    pairs = [(a, b), (a.bfloat16(), b.bfloat16())]
-    best = [math.inf, math.inf]
+    a16, b16 = a.bfloat16(), b.bfloat16()
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # the multiply runs on this thread, so thread_time sees all of it
     try:
-        for x, y in pairs:
-            torch.mm(x, y)  # warm-up: oneDNN/MKL kernel selection
-        cpu_deadline = time.thread_time() + seconds
-        wall_deadline = time.perf_counter() + 20 * seconds  # on a machine starved of CPU
-        while time.thread_time() < cpu_deadline and time.perf_counter() < wall_deadline:
-            for i, (x, y) in enumerate(pairs):
-                start = time.thread_time()
-                torch.mm(x, y)
-                best[i] = min(best[i], time.thread_time() - start)
+        return best_time_ratio(lambda: torch.mm(a, b), lambda: torch.mm(a16, b16),
+                               time.thread_time, seconds)
     finally:
         torch.set_num_threads(threads)
-    return best[0] / max(best[1], 1e-9)
 
 
 def use_fused_adamw(precision: str, device: torch.device) -> bool:
